@@ -1,0 +1,63 @@
+"""Finds the real photographs that scikit-image and scikit-learn ship, for demos, tests and benches.
+
+Nothing is downloaded: every file named here is inside the installed wheels. Colour photos are
+RGB; the grayscale ones are kept apart because their chroma is empty.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+from PIL import Image
+
+# File names inside skimage/data and sklearn/datasets/images.
+_SKIMAGE_COLOR = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "ihc.png",
+)
+_SKIMAGE_GRAY = ("camera.png", "moon.png", "brick.png", "grass.png", "gravel.png", "coins.png")
+_SKLEARN_COLOR = ("china.jpg", "flower.jpg")
+
+
+def _package_dir(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"cannot find the package {module!r}; install the test extra: pip install -e '.[test]'"
+        )
+    return list(spec.submodule_search_locations)[0]
+
+
+def color_photo_paths() -> list[str]:
+    """Paths of the bundled colour photographs, in a fixed order."""
+    skimage_dir = _package_dir("skimage.data")
+    sklearn_dir = _package_dir("sklearn.datasets.images")
+    paths = [os.path.join(skimage_dir, n) for n in _SKIMAGE_COLOR]
+    paths += [os.path.join(sklearn_dir, n) for n in _SKLEARN_COLOR]
+    return [p for p in paths if os.path.exists(p)]
+
+
+def gray_photo_paths() -> list[str]:
+    """Paths of the bundled grayscale photographs, in a fixed order."""
+    skimage_dir = _package_dir("skimage.data")
+    paths = [os.path.join(skimage_dir, n) for n in _SKIMAGE_GRAY]
+    return [p for p in paths if os.path.exists(p)]
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """Reads an image file as a uint8 HxWx3 RGB array (alpha composited on white)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
