@@ -1,4 +1,4 @@
-"""The sparse DCT codec: images <-> (channel, position, value) triples (paper section 2, appendix A).
+"""The sparse DCT codec: images <-> (channel, position, value) triples (section 2, appendix A).
 
 This module imports nothing else of dct_gen; Beam workers, the input pipeline and the sampler all
 build on it. Its TensorFlow twin is `dct_gen.dct_ops`.
@@ -211,7 +211,7 @@ class DCTSequence:
 # Tables: DCT basis, zigzag, quantization, ordering.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dct_matrix(block_size: int) -> np.ndarray:
     """The orthonormal DCT-II matrix M, so that a block's DCT is M @ X @ M.T (eq. 1)."""
     n = np.arange(block_size)
@@ -222,7 +222,7 @@ def dct_matrix(block_size: int) -> np.ndarray:
     return m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zigzag(block_size: int) -> np.ndarray:
     """Natural (row-major) index of each zigzag index: the JPEG scan generalised to BxB.
 
@@ -245,7 +245,7 @@ def quality_scale(quality: int) -> int:
     return 5000 // q if q < 50 else 200 - 2 * q
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def quant_tables(block_size: int, quality: int) -> tuple[np.ndarray, np.ndarray]:
     """(luma, chroma) BxB quantization tables in natural order (appendix A).
 
@@ -263,7 +263,7 @@ def quant_tables(block_size: int, quality: int) -> tuple[np.ndarray, np.ndarray]
     return tables[0], tables[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zigzag_quant_vector(block_size: int, quality: int) -> np.ndarray:
     """The 3B^2 quantization step of each channel id (zigzag order, Y then Cb then Cr)."""
     luma, chroma = quant_tables(block_size, quality)
@@ -273,7 +273,7 @@ def zigzag_quant_vector(block_size: int, quality: int) -> np.ndarray:
     return v
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def channel_order(block_size: int, ordering: str, interval: int = 4) -> np.ndarray:
     """The channel ids in the order the ordering emits them (a permutation of 3B^2)."""
     if ordering not in ORDERINGS:
@@ -292,7 +292,7 @@ def channel_order(block_size: int, ordering: str, interval: int = 4) -> np.ndarr
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def channel_rank(block_size: int, ordering: str, interval: int = 4) -> np.ndarray:
     """rank[channel id] = where that channel comes in the ordering; the stop token ranks last."""
     order = channel_order(block_size, ordering, interval)
@@ -362,17 +362,38 @@ def resize(image: np.ndarray, cfg: DCTConfig) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Forward transform.
+#
+# Planes are kept channel-major, (B^2, rows, cols), through quantization so that the non-zero
+# scan below yields triples grouped by channel with positions ascending, without a sort.
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.copysign(np.floor(np.abs(x) + 0.5), x)
+    return np.trunc(x + np.copysign(np.float32(0.5), x))
 
 
-def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
-    """uint8 HxWx3 RGB -> float32 HxWx3 YCbCr centred on 0, rounded to integers like libjpeg."""
-    ycc = rgb.astype(np.float32) @ _RGB_TO_YCBCR.T.astype(np.float32)
-    ycc[..., 0] -= 128.0
-    return np.clip(np.floor(ycc + 0.5), -128.0, 127.0)
+def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 HxWx3 RGB -> float32 Y, Cb, Cr planes rounded to integer samples as libjpeg does.
+
+    Y is centred on 0 (-128); Cb and Cr keep their +128 offset until after downsampling.
+    """
+    f = rgb.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    m = _RGB_TO_YCBCR.astype(np.float32)
+    y = np.floor(m[0, 0] * r + m[0, 1] * g + m[0, 2] * b + np.float32(0.5)) - np.float32(128)
+    cb = np.floor(m[1, 0] * r + m[1, 1] * g + m[1, 2] * b + np.float32(128.5))
+    cr = np.floor(m[2, 0] * r + m[2, 1] * g + m[2, 2] * b + np.float32(128.5))
+    return y, cb, cr
+
+
+def downsample_chroma(plane: np.ndarray) -> np.ndarray:
+    """(2h, 2w) chroma with its +128 offset -> (h, w) centred 2x2 means.
+
+    The mean is rounded to an integer sample with libjpeg's alternating bias (1, 2, 1, 2, ...
+    across columns), so rounding errors do not drift one way.
+    """
+    s = plane[0::2, 0::2] + plane[1::2, 0::2] + plane[0::2, 1::2] + plane[1::2, 1::2]
+    bias = np.where(np.arange(s.shape[1]) % 2, np.float32(2), np.float32(1))
+    return np.floor((s + bias) * np.float32(0.25)) - np.float32(128)
 
 
 def _pad_to(plane: np.ndarray, multiple: int) -> np.ndarray:
@@ -392,6 +413,18 @@ def block_dct(plane: np.ndarray, block_size: int) -> np.ndarray:
     return np.einsum("ij,ajbk,lk->abil", m, blocks.astype(np.float32), m, optimize=True)
 
 
+def block_dct_zigzag(plane: np.ndarray, block_size: int) -> np.ndarray:
+    """(H, W) plane -> (B^2, H/B, W/B) DCT coefficients, channel-major, in zigzag order."""
+    h, w = plane.shape
+    b = block_size
+    m = dct_matrix(b).astype(np.float32)
+    x = plane.astype(np.float32, copy=False).reshape(h // b, b, w // b, b)
+    t = x @ m.T  # (h/B, pixel row, w/B, column frequency)
+    t = np.tensordot(m, t, axes=(1, 1))  # (row frequency, h/B, w/B, column frequency)
+    zz = zigzag(b)
+    return t[zz // b, :, :, zz % b]
+
+
 def block_idct(coeffs: np.ndarray) -> np.ndarray:
     """(h, w, B, B) DCT blocks -> (h*B, w*B) plane: the inverse of block_dct."""
     gh, gw, b, _ = coeffs.shape
@@ -400,36 +433,37 @@ def block_idct(coeffs: np.ndarray) -> np.ndarray:
     return planes.reshape(gh * b, gw * b)
 
 
-def _quantize(blocks: np.ndarray, table: np.ndarray, clip: int) -> tuple[np.ndarray, int]:
-    """(h, w, B, B) coefficients -> (h, w, B^2) int32 zigzag channels, and the clipped count."""
-    b = blocks.shape[-1]
+def _rounded_planes(image: np.ndarray, cfg: DCTConfig) -> tuple[list[np.ndarray], int, int]:
+    """Image -> [Y, Cb, Cr] quantized (rounded, not yet clipped) float32 (B^2, rows, cols)
+    planes, and the resized height and width."""
+    rgb = resize(as_rgb(image), cfg)
+    height, width = rgb.shape[:2]
+    b = cfg.block_size
+    y, cb, cr = rgb_to_ycbcr(_pad_to(rgb, 2 * b))
+    luma_t, chroma_t = quant_tables(b, cfg.quality)
     zz = zigzag(b)
-    flat = blocks.reshape(blocks.shape[0], blocks.shape[1], b * b)[:, :, zz]
-    q = _round_half_away(flat / table.ravel()[zz].astype(np.float32))
-    clipped = int(np.count_nonzero(np.abs(q) > clip))
-    return np.clip(q, -clip, clip).astype(np.int32), clipped
+    planes = []
+    for plane, table in (
+        (y, luma_t),
+        (downsample_chroma(cb), chroma_t),
+        (downsample_chroma(cr), chroma_t),
+    ):
+        coeffs = block_dct_zigzag(plane, b)
+        step = table.ravel()[zz].astype(np.float32)[:, None, None]
+        planes.append(_round_half_away(coeffs / step))
+    return planes, height, width
 
 
 def quantized_planes(image: np.ndarray, cfg: DCTConfig) -> tuple[list[np.ndarray], int, int, int]:
-    """Image -> the three quantized DCT images in zigzag channel order.
+    """Image -> the three quantized DCT images, each (rows, cols, B^2) int32 in zigzag order.
 
     Returns ([Y (h, w, B^2), Cb (h/2, w/2, B^2), Cr (h/2, w/2, B^2)], clipped, height, width),
     where h and w count the blocks that cover the (resized) image.
     """
-    rgb = resize(as_rgb(image), cfg)
-    height, width = rgb.shape[:2]
-    b = cfg.block_size
-    ycc = _pad_to(rgb_to_ycbcr(rgb), 2 * b)
-    luma_t, chroma_t = quant_tables(b, cfg.quality)
-    y, clipped = _quantize(block_dct(ycc[..., 0], b), luma_t, cfg.clip)
-    planes = [y]
-    h2, w2 = ycc.shape[0] // 2, ycc.shape[1] // 2
-    for c in (1, 2):
-        sub = ycc[..., c].reshape(h2, 2, w2, 2).mean(axis=(1, 3))
-        q, n = _quantize(block_dct(sub, b), chroma_t, cfg.clip)
-        planes.append(q)
-        clipped += n
-    return planes, clipped, height, width
+    planes, height, width = _rounded_planes(image, cfg)
+    clipped = sum(int(np.count_nonzero(np.abs(p) > cfg.clip)) for p in planes)
+    out = [np.clip(p, -cfg.clip, cfg.clip).astype(np.int32).transpose(1, 2, 0) for p in planes]
+    return out, clipped, height, width
 
 
 def _canvas_check(height: int, width: int, cfg: DCTConfig) -> None:
@@ -449,31 +483,40 @@ def encode(image: np.ndarray, cfg: DCTConfig) -> DCTSequence:
     Returns:
       A DCTSequence: the non-zero triples, no stop token, and the resized height and width.
     """
-    planes, clipped, height, width = quantized_planes(image, cfg)
+    planes, height, width = _rounded_planes(image, cfg)
     _canvas_check(height, width, cfg)
     g, n = cfg.grid, cfg.channels_per_plane
-    order = channel_order(cfg.block_size, cfg.ordering, cfg.interval)
-    # Channel-major and in emission order, so np.nonzero yields triples already sorted by
-    # (rank, row, col) and no sort is needed.
+    # Scan each plane channel-major: triples come out grouped by channel id, positions ascending.
     parts_c, parts_p, parts_v = [], [], []
-    stacks = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in planes]  # (B^2, h, w)
-    # Consecutive runs of the same plane in `order` are emitted with one nonzero call each.
-    plane_of = order // n
-    run_starts = np.flatnonzero(np.diff(plane_of, prepend=-1))
-    run_ends = np.append(run_starts[1:], order.size)
-    for s, e in zip(run_starts, run_ends):
-        plane = int(plane_of[s])
-        zz_idx = order[s:e] - plane * n
-        sub = stacks[plane][zz_idx]
-        k, r, c = np.nonzero(sub)
-        scale = 1 if plane == 0 else 2
-        parts_c.append((zz_idx[k] + plane * n).astype(np.int32))
-        parts_p.append(((r * scale) * g + c * scale).astype(np.int32))
-        parts_v.append(sub[k, r, c].astype(np.int32))
+    for plane_index, plane in enumerate(planes):
+        _, rows, cols = plane.shape
+        flat = plane.reshape(-1)
+        idx = np.flatnonzero(flat != 0)
+        k, rem = np.divmod(idx, rows * cols)
+        r, c = np.divmod(rem, cols)
+        scale = 1 if plane_index == 0 else 2
+        parts_c.append(k + plane_index * n)
+        parts_p.append(r * (scale * g) + c * scale)
+        parts_v.append(flat[idx])
+    channels = np.concatenate(parts_c)
+    positions = np.concatenate(parts_p)
+    values = np.concatenate(parts_v)
+    clipped = int(np.count_nonzero(np.abs(values) > cfg.clip))
+    if clipped:
+        values = np.clip(values, -cfg.clip, cfg.clip)
+    # Move each channel's run, intact, to where the ordering puts that channel.
+    counts = np.bincount(channels, minlength=3 * n)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # run start, channel-id order
+    order = channel_order(cfg.block_size, cfg.ordering, cfg.interval)
+    start = np.empty(3 * n, dtype=np.int64)
+    start[order] = np.concatenate([[0], np.cumsum(counts[order])[:-1]])  # run start, emitted
+    dest = np.arange(channels.size) + (start - first)[channels]
+    out = np.empty((3, channels.size), dtype=np.int32)
+    out[0, dest], out[1, dest], out[2, dest] = channels, positions, values
     return DCTSequence(
-        channels=np.concatenate(parts_c),
-        positions=np.concatenate(parts_p),
-        values=np.concatenate(parts_v),
+        channels=out[0],
+        positions=out[1],
+        values=out[2],
         height=height,
         width=width,
         num_clipped=clipped,
