@@ -578,6 +578,11 @@ def _upsample_fancy(x: np.ndarray, axis: int) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _to_samples(plane: np.ndarray) -> np.ndarray:
+    """Rounds a centred plane to integer 8-bit samples (half up), kept centred."""
+    return np.clip(np.floor(plane + np.float32(0.5)), -128.0, 127.0)
+
+
 def upsample_chroma(plane: np.ndarray) -> np.ndarray:
     """(h, w) chroma -> (2h, 2w) with the separable triangle filter."""
     return _upsample_fancy(_upsample_fancy(plane, 0), 1)
@@ -603,10 +608,13 @@ def decode_dct_image(dense: np.ndarray, cfg: DCTConfig, height: int, width: int)
     inv_zz = np.argsort(zigzag(b))
     deq = dense[:hb, :wb].astype(np.float32) * qvec
     luma = deq[:, :, :n][:, :, inv_zz].reshape(hb, wb, b, b)
-    planes = [block_idct(luma)]
+    # Like a JPEG decoder, planes become integer samples (clamped to the 8-bit range) before
+    # upsampling and colour conversion: the encoder rounded them to integers, so at high quality
+    # rounding recovers them exactly.
+    planes = [_to_samples(block_idct(luma))]
     for c in (1, 2):
         chroma = deq[0::2, 0::2, c * n : (c + 1) * n][:, :, inv_zz].reshape(hb // 2, wb // 2, b, b)
-        planes.append(upsample_chroma(block_idct(chroma)))
+        planes.append(_to_samples(upsample_chroma(_to_samples(block_idct(chroma)))))
     ycc = np.stack(planes, axis=-1)
     return ycbcr_to_rgb(ycc[:height, :width])
 
