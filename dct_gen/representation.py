@@ -588,12 +588,15 @@ def upsample_chroma(plane: np.ndarray) -> np.ndarray:
     return _upsample_fancy(_upsample_fancy(plane, 0), 1)
 
 
-def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
-    """Centred float YCbCr HxWx3 -> uint8 RGB."""
-    ycc = ycc.astype(np.float32).copy()
-    ycc[..., 0] += 128.0
-    rgb = ycc @ _YCBCR_TO_RGB.T.astype(np.float32)
-    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
+def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """Centred float Y, Cb, Cr planes -> uint8 HxWx3 RGB (JFIF), rounded and clipped."""
+    m = _YCBCR_TO_RGB.astype(np.float32)
+    y = y + np.float32(128.5)  # +0.5: round half up with floor below
+    out = np.empty(y.shape + (3,), dtype=np.uint8)
+    out[..., 0] = np.clip(np.floor(y + m[0, 2] * cr), 0, 255)
+    out[..., 1] = np.clip(np.floor(y + m[1, 1] * cb + m[1, 2] * cr), 0, 255)
+    out[..., 2] = np.clip(np.floor(y + m[2, 1] * cb), 0, 255)
+    return out
 
 
 def decode_dct_image(dense: np.ndarray, cfg: DCTConfig, height: int, width: int) -> np.ndarray:
@@ -615,8 +618,7 @@ def decode_dct_image(dense: np.ndarray, cfg: DCTConfig, height: int, width: int)
     for c in (1, 2):
         chroma = deq[0::2, 0::2, c * n : (c + 1) * n][:, :, inv_zz].reshape(hb // 2, wb // 2, b, b)
         planes.append(_to_samples(upsample_chroma(_to_samples(block_idct(chroma)))))
-    ycc = np.stack(planes, axis=-1)
-    return ycbcr_to_rgb(ycc[:height, :width])
+    return ycbcr_to_rgb(*(p[:height, :width] for p in planes))
 
 
 def decode(seq: DCTSequence, cfg: DCTConfig, num_triples: int | None = None) -> np.ndarray:
