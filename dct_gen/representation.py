@@ -376,13 +376,17 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Y is centred on 0 (-128); Cb and Cr keep their +128 offset until after downsampling.
     """
-    f = rgb.astype(np.float32)
-    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    r, g, b = rgb.transpose(2, 0, 1).astype(np.float32, order="C")  # planar: contiguous math
     m = _RGB_TO_YCBCR.astype(np.float32)
-    y = np.floor(m[0, 0] * r + m[0, 1] * g + m[0, 2] * b + np.float32(0.5)) - np.float32(128)
-    cb = np.floor(m[1, 0] * r + m[1, 1] * g + m[1, 2] * b + np.float32(128.5))
-    cr = np.floor(m[2, 0] * r + m[2, 1] * g + m[2, 2] * b + np.float32(128.5))
-    return y, cb, cr
+    out = []
+    for row, offset in zip(m, (np.float32(-127.5), np.float32(128.5), np.float32(128.5))):
+        # offset: +0.5 turns floor into round-half-up; luma is centred (-128) at the same time.
+        p = row[0] * r
+        p += row[1] * g
+        p += row[2] * b
+        p += offset
+        out.append(np.floor(p, out=p))
+    return out[0], out[1], out[2]
 
 
 def downsample_chroma(plane: np.ndarray) -> np.ndarray:
@@ -466,6 +470,15 @@ def quantized_planes(image: np.ndarray, cfg: DCTConfig) -> tuple[list[np.ndarray
     return out, clipped, height, width
 
 
+@functools.cache
+def _position_lut(rows: int, cols: int, scale: int, grid: int) -> np.ndarray:
+    """Canvas position of each cell of a (rows, cols) plane whose cells span `scale` blocks."""
+    lut = (np.arange(rows)[:, None] * (scale * grid) + np.arange(cols)[None, :] * scale).ravel()
+    lut = lut.astype(np.int32)
+    lut.setflags(write=False)
+    return lut
+
+
 def _canvas_check(height: int, width: int, cfg: DCTConfig) -> None:
     if max(height, width) > cfg.resolution:
         raise ValueError(
@@ -484,28 +497,42 @@ def encode(image: np.ndarray, cfg: DCTConfig) -> DCTSequence:
       A DCTSequence: the non-zero triples, no stop token, and the resized height and width.
     """
     planes, height, width = _rounded_planes(image, cfg)
+    return triples_from_planes(planes, height, width, cfg)
+
+
+def triples_from_planes(
+    planes: list[np.ndarray], height: int, width: int, cfg: DCTConfig
+) -> DCTSequence:
+    """The back half of `encode`: rounded (unclipped) channel-major planes -> the sequence.
+
+    Args:
+      planes: [Y (B^2, h, w), Cb (B^2, h/2, w/2), Cr (B^2, h/2, w/2)], zigzag channel order,
+        any real or integer dtype holding whole numbers.
+      height, width: the image's size in pixels.
+      cfg: the representation.
+    """
     _canvas_check(height, width, cfg)
     g, n = cfg.grid, cfg.channels_per_plane
     # Scan each plane channel-major: triples come out grouped by channel id, positions ascending.
-    parts_c, parts_p, parts_v = [], [], []
+    parts_c, parts_p, parts_v, parts_n = [], [], [], []
     for plane_index, plane in enumerate(planes):
         _, rows, cols = plane.shape
-        flat = plane.reshape(-1)
-        idx = np.flatnonzero(flat != 0)
-        k, rem = np.divmod(idx, rows * cols)
-        r, c = np.divmod(rem, cols)
-        scale = 1 if plane_index == 0 else 2
-        parts_c.append(k + plane_index * n)
-        parts_p.append(r * (scale * g) + c * scale)
-        parts_v.append(flat[idx])
+        mask = plane.reshape(n, rows * cols) != 0
+        counts = np.count_nonzero(mask, axis=1)
+        idx = np.flatnonzero(mask)
+        cell = idx - np.repeat(np.arange(n) * (rows * cols), counts)  # index in (rows, cols)
+        parts_p.append(_position_lut(rows, cols, 1 if plane_index == 0 else 2, g)[cell])
+        parts_c.append(np.repeat(np.arange(plane_index * n, (plane_index + 1) * n), counts))
+        parts_v.append(plane.reshape(-1)[idx].astype(np.int32))
+        parts_n.append(counts)
     channels = np.concatenate(parts_c)
     positions = np.concatenate(parts_p)
     values = np.concatenate(parts_v)
+    counts = np.concatenate(parts_n)
     clipped = int(np.count_nonzero(np.abs(values) > cfg.clip))
     if clipped:
         values = np.clip(values, -cfg.clip, cfg.clip)
     # Move each channel's run, intact, to where the ordering puts that channel.
-    counts = np.bincount(channels, minlength=3 * n)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # run start, channel-id order
     order = channel_order(cfg.block_size, cfg.ordering, cfg.interval)
     start = np.empty(3 * n, dtype=np.int64)
