@@ -1,0 +1,910 @@
+"""The Beam dataset job: image decoding of odd and bad inputs, the transforms under TestPipeline,
+and whole runs (image folders with real photos and planted bad files, TFDS datasets) read back and
+checked against the codec's `encode` of the same images.
+
+Every pipeline here runs in this process on the FnApiRunner (the DirectRunner's batch engine);
+the multi-processing run of the command line is marked slow.
+"""
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from beam_jobs import build_dataset, images, outputs, transforms
+from dct_gen import photos, records
+from dct_gen.representation import DCTConfig, encode
+
+IN_PROCESS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+CFG = DCTConfig(block_size=8, quality=75, resolution=128, clip=1200, ordering="interleaved")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Files the tests make.
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _smooth(h, w):
+    """Gradients that differ per channel: lossy codecs keep them, a wrong rotation does not."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    return np.stack([rows * 255 // h, cols * 255 // w, (rows + cols) * 127 // (h + w)], -1).astype(
+        np.uint8
+    )
+
+
+def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _png(samples: np.ndarray, color_type: int, bit_depth: int = 16, height=None, width=None):
+    """A PNG written by hand (Pillow cannot write 16-bit RGB, or a zero-width header)."""
+    h, w = samples.shape[:2] if height is None else (height, width)
+    dtype = ">u2" if bit_depth == 16 else "u1"
+    rows = b"".join(b"\x00" + row.astype(dtype).tobytes() for row in samples)
+    header = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _animated(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (24, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    return _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+def _gray16():
+    return (np.arange(48 * 40).reshape(40, 48) * 34).astype(np.uint16)  # 0 .. 65246
+
+
+def _scaled16(v):
+    return ((v.astype(np.int64) + 128) // 257).astype(np.uint8)
+
+
+def _gray3(g):
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+def _over_white(rgb, alpha):
+    a = alpha[:, :, None].astype(np.float64) / 255
+    return rgb * a + 255 * (1 - a)
+
+
+def odd_inputs():
+    """name -> (file bytes, the RGB image it must become, exact?) for inputs to convert."""
+    rgb = _rgb(40, 56, seed=1)
+    pal = Image.fromarray(rgb).quantize(colors=16)
+    pal_rgb = np.array(pal.getpalette()[: 3 * 16], np.uint8).reshape(16, 3)[np.asarray(pal)]
+    pal_t = pal.copy()
+    pal_t.info["transparency"] = 0
+    pal_t_rgb = np.where((np.asarray(pal) == 0)[:, :, None], 255, pal_rgb).astype(np.uint8)
+    gray = rgb[:, :, 0]
+    alpha = np.tile(np.linspace(0, 255, 56).astype(np.uint8), (40, 1))
+    g16 = _gray16()
+    rgb16 = np.stack([g16, 65535 - g16, g16 // 3], axis=-1)
+    oriented = _rgb(30, 50, seed=2)
+    smooth = _smooth(30, 50)
+    return {
+        "cmyk.tif": (_save(Image.fromarray(rgb).convert("CMYK"), "TIFF"), rgb, True),
+        "cmyk.jpg": (_save(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95), rgb, False),
+        "palette.png": (_save(pal, "PNG"), pal_rgb, True),
+        "palette_transparent.png": (_save(pal_t, "PNG", transparency=0), pal_t_rgb, True),
+        "palette.gif": (_save(pal, "GIF"), pal_rgb, True),
+        "gray.png": (_save(Image.fromarray(gray), "PNG"), _gray3(gray), True),
+        "bilevel.png": (
+            _save(Image.fromarray(gray > 127), "PNG"),
+            _gray3(np.where(gray > 127, 255, 0).astype(np.uint8)),
+            True,
+        ),
+        "rgba.png": (
+            _save(Image.fromarray(np.dstack([rgb, alpha])), "PNG"),
+            _over_white(rgb, alpha),
+            False,
+        ),
+        "la.png": (
+            _save(Image.fromarray(np.dstack([gray, alpha])), "PNG"),
+            _gray3(_over_white(gray[:, :, None], alpha)[:, :, 0]),
+            False,
+        ),
+        "gray16.png": (_png(g16, color_type=0), _gray3(_scaled16(g16)), True),
+        "rgb16.png": (_png(rgb16, color_type=2), _scaled16(rgb16), False),
+        "exif_rotate_90.png": (
+            _save(Image.fromarray(oriented), "PNG", exif=_exif(6)),
+            np.rot90(oriented, k=-1),
+            True,
+        ),
+        "exif_rotate_180.png": (
+            _save(Image.fromarray(oriented), "PNG", exif=_exif(3)),
+            oriented[::-1, ::-1],
+            True,
+        ),
+        "exif_rotate_270.jpg": (
+            _save(Image.fromarray(smooth), "JPEG", quality=95, exif=_exif(8)),
+            np.rot90(smooth, k=1),
+            False,
+        ),
+        "animated.gif": (_animated("GIF"), np.full((16, 24, 3), (255, 0, 0), np.uint8), True),
+        "animated.png": (_animated("PNG"), np.full((16, 24, 3), (255, 0, 0), np.uint8), True),
+        "tiny_1x1.png": (_save(Image.fromarray(_rgb(1, 1, 3)), "PNG"), _rgb(1, 1, 3), True),
+        "tiny_3x5.png": (_save(Image.fromarray(_rgb(3, 5, 4)), "PNG"), _rgb(3, 5, 4), True),
+    }
+
+
+def _truncated(data: bytes, keep: float = 0.6) -> bytes:
+    return data[: int(len(data) * keep)]
+
+
+def bad_inputs():
+    """name -> (file bytes, reason) for inputs that must fail."""
+    photo = _save(Image.fromarray(_rgb(64, 64, seed=5)), "PNG")
+    jpeg = _save(Image.fromarray(_rgb(64, 64, seed=6)), "JPEG")
+    broken = bytearray(photo)
+    broken[100:160] = bytes(60)
+    bomb_header = _png(np.zeros((1, 1), np.uint8), 2, bit_depth=8, height=60000, width=60000)
+    return {
+        "empty.png": (b"", "empty_file"),
+        "notes.jpg": (b"shopping list: milk, eggs\n", "not_an_image"),
+        "page.png": (b"<html><body>404 Not Found</body></html>", "not_an_image"),
+        "phone.heic": (b"\x00\x00\x00\x18ftypheic" + bytes(40), "not_an_image"),
+        "truncated.jpg": (_truncated(jpeg), "truncated"),
+        "truncated.png": (_truncated(photo), "truncated"),
+        "corrupt.png": (bytes(broken), "corrupt"),
+        "zero_width.png": (_png(np.zeros((4, 0), np.uint8), 0, bit_depth=8), "zero_size"),
+        "bomb.png": (bomb_header, "too_many_pixels"),
+        "float.tif": (
+            _save(Image.fromarray(np.ones((8, 8), np.float32)), "TIFF"),
+            "unsupported_mode",
+        ),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding.
+
+
+@pytest.mark.parametrize("name", sorted(odd_inputs()))
+def test_odd_inputs_are_converted(name):
+    data, expected, exact = odd_inputs()[name]
+    got = images.decode_image(data)
+    assert got.dtype == np.uint8 and got.shape == expected.shape
+    diff = np.abs(got.astype(np.int64) - np.rint(expected).astype(np.int64))
+    if exact:
+        assert diff.max() == 0, name
+    elif name.endswith(".jpg"):
+        assert diff.mean() < 4, (name, diff.mean())  # lossy file: only the encoder's error
+    else:
+        assert diff.max() <= 1, name  # rounding of alpha compositing / 16-bit scaling
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    g16 = _gray16()
+    got = images.decode_image(_png(g16, color_type=0))[:, :, 0]
+    # Pillow's own conversion clips: every sample above 255 becomes white.
+    pillow = np.asarray(Image.open(io.BytesIO(_png(g16, color_type=0))).convert("L"))
+    assert (pillow == 255).mean() > 0.9
+    assert got.max() == 254 and got.min() == 0 and np.all(np.diff(got.ravel()) >= 0)
+    np.testing.assert_array_equal(got, _scaled16(g16))
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs()))
+def test_bad_inputs_fail_with_their_reason(name):
+    data, reason = bad_inputs()[name]
+    with pytest.raises(images.ImageError) as e:
+        images.decode_image(data)
+    assert e.value.reason == reason, str(e.value)
+
+
+def test_pixel_cap_is_checked_before_decoding():
+    data = _truncated(_save(Image.fromarray(_rgb(64, 64)), "PNG"), keep=0.3)
+    with pytest.raises(images.ImageError) as e:
+        images.decode_image(data)
+    assert e.value.reason == "truncated"  # decoding it fails ...
+    with pytest.raises(images.ImageError) as e:
+        images.decode_image(data, max_pixels=64 * 64 - 1)
+    assert e.value.reason == "too_many_pixels"  # ... but the cap stops it first
+    assert "4096" in str(e.value)
+    assert images.decode_image(_save(Image.fromarray(_rgb(64, 64)), "PNG"), max_pixels=4096).shape
+    with pytest.raises(images.ImageError) as e:
+        images.image_from_array(np.zeros((100, 100, 3), np.uint8), max_pixels=9999)
+    assert e.value.reason == "too_many_pixels"
+
+
+def test_a_pixel_cap_above_pillows_limit_raises_it_in_the_worker(monkeypatch):
+    default = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", default)  # restored after the test
+    transforms.EncodeImages(CFG).setup()
+    assert Image.MAX_IMAGE_PIXELS == default
+    transforms.EncodeImages(CFG, max_pixels=4 * default).setup()
+    assert Image.MAX_IMAGE_PIXELS == 4 * default
+
+
+def test_arrays_are_converted_like_files():
+    rgb = _rgb(6, 7)
+    np.testing.assert_array_equal(images.image_from_array(rgb), rgb)
+    np.testing.assert_array_equal(images.image_from_array(rgb[:, :, :1]), _gray3(rgb[:, :, 0]))
+    g16 = _gray16()
+    np.testing.assert_array_equal(images.image_from_array(g16), _gray3(_scaled16(g16)))
+    rgba = np.dstack([rgb, np.full((6, 7), 0, np.uint8)])
+    np.testing.assert_array_equal(images.image_from_array(rgba), np.full((6, 7, 3), 255))
+    for array, reason in [
+        (np.zeros((0, 5, 3), np.uint8), "zero_size"),
+        (np.zeros((4, 4, 3), np.float32), "unsupported_mode"),
+        (np.zeros((4, 4, 5), np.uint8), "unsupported_mode"),
+    ]:
+        with pytest.raises(images.ImageError) as e:
+            images.image_from_array(array)
+        assert e.value.reason == reason
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms under TestPipeline.
+
+
+def _test_pipeline():
+    return BeamTestPipeline(runner=FnApiRunner(), options=PipelineOptions(IN_PROCESS))
+
+
+def _parsed(record: bytes) -> dict:
+    return {k: v.numpy() for k, v in records.parse_example(record).items()}
+
+
+def _assert_same_triples(parsed: dict, seq, where=""):
+    for name in ("channels", "positions", "values"):
+        np.testing.assert_array_equal(parsed[name], getattr(seq, name), err_msg=f"{where} {name}")
+    assert (int(parsed["height"]), int(parsed["width"])) == (seq.height, seq.width), where
+
+
+def test_encode_images_dofn_routes_records_and_failures(color_photos):
+    photo = color_photos["chelsea.png"]
+    items = [
+        transforms.SourceItem("photo.png", _save(Image.fromarray(photo), "PNG"), 3),
+        transforms.SourceItem("array", photo, -1),
+        transforms.SourceItem("empty.png", b"", 0),
+        transforms.SourceItem("text.jpg", b"plain text", 0),
+        transforms.SourceItem("floats", np.zeros((4, 4), np.float64), 0),
+    ]
+    cfg = DCTConfig(block_size=8, quality=75, resolution=128, clip=20)  # clips some values
+    expected = encode(photo, cfg)
+    assert expected.num_clipped > 0
+
+    def check_records(got):
+        assert sorted(r.key for r in got) == ["array", "photo.png"]
+        for r in got:
+            parsed = _parsed(r.record)
+            _assert_same_triples(parsed, expected, r.key)
+            assert int(parsed["label"]) == (3 if r.key == "photo.png" else -1)
+            assert parsed["key"].decode() == r.key
+            assert r.num_triples == len(expected)
+
+    p = _test_pipeline()
+    out = (
+        p
+        | beam.Create(items)
+        | beam.ParDo(transforms.EncodeImages(cfg)).with_outputs(
+            transforms.FAILED_TAG, main="records"
+        )
+    )
+    assert_that(out.records, check_records, label="records")
+    assert_that(
+        out[transforms.FAILED_TAG] | beam.Map(lambda f: (f.key, f.reason)),
+        equal_to(
+            [
+                ("empty.png", "empty_file"),
+                ("text.jpg", "not_an_image"),
+                ("floats", "unsupported_mode"),
+            ]
+        ),
+        label="failures",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("dct_gen"))["counters"]
+    }
+    assert counters["written"] == 2 and counters["failed"] == 3
+    assert counters["failed_empty_file"] == counters["failed_not_an_image"] == 1
+    assert counters["clipped_coefficients"] == 2 * expected.num_clipped
+
+
+def test_write_shards_assigns_by_key_sorts_and_writes_empty_shards(tmp_path):
+    keys = [f"img-{i:03d}.png" for i in range(40)]
+    names = [f"part-{i}" for i in range(5)]
+    with _test_pipeline() as p:
+        written = (
+            p
+            | beam.Create([(k, k.encode()) for k in reversed(keys)])
+            | transforms.WriteShards(str(tmp_path), names, "lines")
+        )
+        _ = (
+            p
+            | "NoItems" >> beam.Create([], reshuffle=False).with_output_types(tuple[str, bytes])
+            | "WriteEmpty" >> transforms.WriteShards(str(tmp_path / "empty"), ["only"], "lines")
+        )
+        assert_that(
+            written | beam.Map(lambda pc: pc[1]) | beam.CombineGlobally(sum), equal_to([40])
+        )
+    seen = []
+    for i, name in enumerate(names):
+        lines = (tmp_path / name).read_text().splitlines()
+        assert lines == sorted(lines)
+        assert all(transforms.shard_of(k, 5) == i for k in lines)
+        seen += lines
+    assert sorted(seen) == keys
+    assert (tmp_path / "empty" / "only").read_bytes() == b""
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_write_shards_refuses_duplicate_keys(tmp_path):
+    with pytest.raises(Exception, match="share the key 'same.png'"):
+        with _test_pipeline() as p:
+            _ = (
+                p
+                | beam.Create([("same.png", b"a"), ("same.png", b"b"), ("other.png", b"c")])
+                | transforms.WriteShards(str(tmp_path), ["one"], "lines")
+            )
+
+
+def test_shard_of_is_stable_and_spreads():
+    # Fixed values: a hash that changed between processes would move records between shards.
+    assert [transforms.shard_of(f"k{i}", 7) for i in range(8)] == [
+        transforms.shard_of(f"k{i}", 7) for i in range(8)
+    ]
+    assert transforms.shard_of("imagenet/n01440764/img_1.JPEG", 1024) == (
+        int.from_bytes(
+            __import__("hashlib").sha256(b"imagenet/n01440764/img_1.JPEG").digest()[:8], "big"
+        )
+        % 1024
+    )
+    counts = np.bincount([transforms.shard_of(f"file-{i}.jpg", 8) for i in range(8000)])
+    assert counts.min() > 850 and counts.max() < 1150
+
+
+def test_length_summary_percentiles_and_histogram():
+    counts = {10: 50, 20: 40, 100: 9, 1000: 1}
+    s = outputs.length_summary(counts)
+    assert (s["p50"], s["p90"], s["p99"], s["max"], s["min"]) == (10, 20, 100, 1000, 10)
+    assert s["count"] == 100 and s["suggested_l_max"] == 100
+    assert sum(s["histogram"]["counts"]) == 100
+    assert s["histogram"]["counts"][1000 // s["histogram"]["bin_width"]] == 1
+    assert s["length_filter_kept_fraction"]["max"] == pytest.approx(
+        (50 * 0.01 + 40 * 0.02 + 9 * 0.1 + 1) / 100
+    )
+    assert outputs.length_summary({})["count"] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole runs on a folder of real photos with planted bad files.
+
+
+def read_split(output_dir, split="train") -> dict:
+    """key -> parsed record, for every record of a completed split (checking its shard)."""
+    out = {}
+    paths = records.split_files(str(output_dir), split)
+    for index, path in enumerate(paths):
+        for raw in tf.data.TFRecordDataset(path):
+            parsed = _parsed(raw)
+            key = parsed["key"].decode()
+            assert transforms.shard_of(key, len(paths)) == index
+            assert key not in out
+            out[key] = parsed
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """color/ and gray/ real photos, odd/ inputs to convert, bad/ inputs that must fail."""
+    root = tmp_path_factory.mktemp("images")
+    expected = {}
+    for kind, paths in (("color", photos.color_photo_paths()), ("gray", photos.gray_photo_paths())):
+        os.makedirs(root / kind)
+        for path in paths:
+            dst = str(root / kind / os.path.basename(path))
+            shutil.copy(path, dst)
+            expected[dst] = photos.load_rgb(path)
+    for kind, table in (("odd", odd_inputs()), ("bad", bad_inputs())):
+        os.makedirs(root / kind)
+        for name, (data, *_rest) in table.items():
+            (root / kind / name).write_bytes(data)
+    for name, (_, image, exact) in odd_inputs().items():
+        if exact:
+            expected[str(root / "odd" / name)] = image
+    bad = {str(root / "bad" / name): reason for name, (_, reason) in bad_inputs().items()}
+    return root, expected, bad
+
+
+@pytest.fixture(scope="module")
+def folder_run(folder, tmp_path_factory):
+    root, _, _ = folder
+    out = tmp_path_factory.mktemp("out") / "photos"
+    entry = build_dataset.run_pipeline(
+        output_dir=str(out),
+        cfg=CFG,
+        image_glob=str(root / "*" / "*"),
+        labels_from_dirs=True,
+        num_shards=3,
+        max_failed_fraction=0.5,
+        pipeline_args=IN_PROCESS,
+    )
+    return out, entry
+
+
+def test_folder_records_equal_encode_of_the_same_images(folder, folder_run):
+    root, expected, bad = folder
+    out, _ = folder_run
+    got = read_split(out)
+    assert len(got) == len(os.listdir(root / "color")) + len(os.listdir(root / "gray")) + len(
+        odd_inputs()
+    )
+    assert not set(bad) & set(got)
+    label_names = ["bad", "color", "gray", "odd"]
+    for key, image in expected.items():
+        seq = encode(image, CFG)
+        _assert_same_triples(got[key], seq, key)
+        assert int(got[key]["label"]) == label_names.index(os.path.basename(os.path.dirname(key)))
+    # Lossy odd inputs (JPEGs, alpha, 16-bit RGB) have a record too, of the decoded image.
+    for name in odd_inputs():
+        key = str(root / "odd" / name)
+        data = (root / "odd" / name).read_bytes()
+        _assert_same_triples(got[key], encode(images.decode_image(data), CFG), key)
+    tiny = got[str(root / "odd" / "tiny_3x5.png")]
+    assert int(tiny["height"]) <= CFG.resolution and len(tiny["channels"]) > 0
+
+
+def test_folder_failures_are_listed_counted_and_named(folder, folder_run):
+    root, expected, bad = folder
+    out, entry = folder_run
+    lines = (out / "failed-train.jsonl").read_text().splitlines()
+    failed = {json.loads(line)["key"]: json.loads(line) for line in lines}
+    assert {k: v["reason"] for k, v in failed.items()} == bad
+    assert all(v["message"] for v in failed.values())
+    counts = entry["counts"]
+    reasons = {}
+    for reason in bad.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    assert counts["failed"] == reasons and counts["failed_total"] == len(bad)
+    assert counts["read"] == counts["written"] + counts["failed_total"]
+    assert counts["written"] == len(read_split(out))
+
+
+def test_folder_info_json_and_completed(folder_run):
+    out, entry = folder_run
+    info = json.loads((out / "info.json").read_text())
+    assert info["format_version"] == records.FORMAT_VERSION
+    assert DCTConfig.from_dict(info["representation"]) == CFG
+    assert info["splits"]["train"] == entry
+    assert entry["label_names"] == ["bad", "color", "gray", "odd"] and entry["num_classes"] == 4
+    assert entry["num_shards"] == 3 and entry["source"]["kind"] == "image_glob"
+    got = read_split(out)
+    lengths = sorted(len(r["channels"]) + 1 for r in got.values())
+    summary = entry["lengths"]
+    assert summary["max"] == lengths[-1] and summary["min"] == lengths[0]
+    assert summary["p50"] == lengths[int(np.ceil(0.5 * len(lengths))) - 1]
+    assert summary["suggested_l_max"] == summary["p99"]
+    counts = entry["counts"]
+    assert counts["triples"] == sum(len(r["channels"]) for r in got.values())
+    shard_bytes = sum(os.path.getsize(p) for p in records.split_files(str(out), "train"))
+    assert counts["record_bytes"] == shard_bytes
+    assert 1.5 < counts["bytes_per_triple"] < 3.0
+    assert (out / "COMPLETED").read_text() == "train\n"
+    assert not [f for f in os.listdir(out) if ".tmp-" in f]
+
+
+def test_existing_output_refused_then_overwritten_identically(folder, folder_run, tmp_path):
+    root, _, _ = folder
+    out, _ = folder_run
+    kwargs = dict(
+        cfg=CFG,
+        image_glob=str(root / "*" / "*"),
+        labels_from_dirs=True,
+        num_shards=3,
+        max_failed_fraction=0.5,
+    )
+    with pytest.raises(outputs.OutputExistsError, match="--overwrite"):
+        build_dataset.run_pipeline(output_dir=str(out), pipeline_args=IN_PROCESS, **kwargs)
+    # A copy, overwritten while every bundle is replayed once (as a retried bundle would be):
+    # the shards come out byte for byte the same, with no duplicate and no leftover.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / records.shard_name("train", 0, 3)).write_bytes(b"stale")
+    stale_extra = copy / records.shard_name("train", 0, 7)
+    stale_extra.write_bytes(b"from an older run with 7 shards")
+    build_dataset.run_pipeline(
+        output_dir=str(copy),
+        overwrite=True,
+        pipeline_args=IN_PROCESS + ["--direct_runner_bundle_repeat=1"],
+        **kwargs,
+    )
+    for i in range(3):
+        name = records.shard_name("train", i, 3)
+        assert (copy / name).read_bytes() == (out / name).read_bytes(), name
+    assert (copy / "failed-train.jsonl").read_text() == (out / "failed-train.jsonl").read_text()
+    assert not stale_extra.exists()
+    assert not [f for f in os.listdir(copy) if ".tmp-" in f]
+
+
+def test_second_split_merges_and_keeps_labels(folder, folder_run, tmp_path):
+    root, _, _ = folder
+    out, entry = folder_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    val = tmp_path / "val"
+    os.makedirs(val / "gray")
+    shutil.copy(root / "gray" / "camera.png", val / "gray")
+    os.makedirs(val / "color")
+    shutil.copy(root / "color" / "chelsea.png", val / "color")
+    val_entry = build_dataset.run_pipeline(
+        output_dir=str(copy),
+        cfg=CFG,
+        image_glob=str(val / "*" / "*.png"),
+        labels_from_dirs=True,
+        split="validation",
+        num_shards=1,
+        pipeline_args=IN_PROCESS,
+    )
+    # The labels follow the train split's names, not the sorted names of this split's folders.
+    assert val_entry["label_names"] == entry["label_names"]
+    got = read_split(copy, "validation")
+    assert int(got[str(val / "gray" / "camera.png")]["label"]) == 2
+    info = json.loads((copy / "info.json").read_text())
+    assert sorted(info["splits"]) == ["train", "validation"]
+    assert info["splits"]["train"] == entry
+    assert (copy / "COMPLETED").read_text() == "train\nvalidation\n"
+    # Another representation cannot join the directory.
+    with pytest.raises(ValueError, match="one directory holds one representation"):
+        build_dataset.run_pipeline(
+            output_dir=str(copy),
+            cfg=DCTConfig(block_size=4, resolution=64),
+            image_glob=str(val / "*" / "*.png"),
+            split="test",
+            pipeline_args=IN_PROCESS,
+        )
+
+
+def test_too_many_failures_fail_the_job_loudly(folder, tmp_path):
+    root, _, bad = folder
+    out = tmp_path / "out"
+    with pytest.raises(outputs.FailedFractionError, match="max_failed_fraction") as e:
+        build_dataset.run_pipeline(
+            output_dir=str(out),
+            cfg=CFG,
+            image_glob=str(root / "*" / "*"),
+            num_shards=2,
+            max_failed_fraction=0.01,
+            pipeline_args=IN_PROCESS,
+        )
+    assert f"{len(bad)} of" in str(e.value) and "failed-train.jsonl" in str(e.value)
+    info = json.loads((out / "info.json").read_text())
+    assert info["splits"]["train"]["counts"]["failed_total"] == len(bad)
+    assert len((out / "failed-train.jsonl").read_text().splitlines()) == len(bad)
+    assert not (out / "COMPLETED").exists()
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        records.split_files(str(out), "train")
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS inputs.
+
+
+def _mock_cifar10_metadata(data_dir, shard_lengths):
+    """dataset_info.json for cifar10 in data_dir: tfds.beam.ReadFromTFDS needs prepared splits,
+    and tfds.testing.mock_data then serves random examples for each shard."""
+    builder = tfds.builder("cifar10", data_dir=str(data_dir))
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=builder.data_dir,
+        template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+        dataset_name="cifar10",
+        split="train",
+        filetype_suffix="tfrecord",
+    )
+    split = tfds.core.SplitInfo(
+        name="train", shard_lengths=shard_lengths, num_bytes=0, filename_template=template
+    )
+    builder.info.set_splits(tfds.core.SplitDict([split]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+def test_tfds_mock_cifar10_labelled(tmp_path):
+    data_dir, out = tmp_path / "tfds", tmp_path / "out"
+    _mock_cifar10_metadata(data_dir, [3, 3])
+    cfg = DCTConfig(block_size=4, quality=75, resolution=32, clip=1200, ordering="interleaved")
+    mock = tfds.testing.mock_data(
+        num_examples=3, data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES
+    )
+    with mock:
+        entry = build_dataset.run_pipeline(
+            output_dir=str(out),
+            cfg=cfg,
+            tfds_name="cifar10",
+            tfds_data_dir=str(data_dir),
+            split="train",
+            num_shards=2,
+            pipeline_args=IN_PROCESS,
+        )
+        # The same examples, decoded by TFDS itself, as the reference.
+        builder = tfds.builder("cifar10", data_dir=str(data_dir))
+        reference = {}
+        for shard in range(2):
+            ds = builder.as_dataset(
+                split=f"train[{shard}shard]", read_config=tfds.ReadConfig(add_tfds_id=True)
+            )
+            for ex in tfds.as_numpy(ds):
+                reference[ex["tfds_id"].decode()] = (ex["image"], int(ex["label"]))
+    assert entry["source"]["image_key"] == "image" and entry["source"]["label_key"] == "label"
+    assert entry["num_classes"] == 10 and entry["counts"]["written"] == 6
+    got = read_split(out)
+    assert sorted(got) == sorted(reference)
+    for key, (image, label) in reference.items():
+        assert image.shape == (32, 32, 3)
+        _assert_same_triples(got[key], encode(image, cfg), key)
+        assert int(got[key]["label"]) == label
+
+
+class DctTestPhotos(tfds.core.GeneratorBasedBuilder):
+    """A real prepared TFDS dataset, with feature names that are not `image`/`label`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict(
+            {
+                "picture": tfds.features.Image(),
+                "thumbnail": tfds.features.Image(),
+                "kind": tfds.features.ClassLabel(names=["gray", "color"]),
+            }
+        )
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        paths = photos.gray_photo_paths()[:2] + photos.color_photo_paths()[:2]
+        for i, path in enumerate(paths):
+            image = photos.load_rgb(path)[:200, :200]
+            yield (
+                os.path.basename(path),
+                {
+                    "picture": image,
+                    "thumbnail": image[::8, ::8],
+                    "kind": int(i >= 2),
+                },
+            )
+
+
+def test_tfds_prepared_dataset_with_its_own_feature_names(tmp_path):
+    data_dir = tmp_path / "tfds"
+    DctTestPhotos(data_dir=str(data_dir)).download_and_prepare()
+    with pytest.raises(ValueError, match="pass --image_key"):
+        transforms.tfds_features("dct_test_photos", "train", str(data_dir))
+    with pytest.raises(ValueError, match="--split=validation"):
+        transforms.tfds_features("dct_test_photos", "validation", str(data_dir), "picture")
+    with pytest.raises(ValueError, match="--image_key=photo: .* has features"):
+        transforms.tfds_features("dct_test_photos", "train", str(data_dir), "photo")
+    cfg = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="luma_first")
+    entry = build_dataset.run_pipeline(
+        output_dir=str(tmp_path / "out"),
+        cfg=cfg,
+        tfds_name="dct_test_photos",
+        tfds_data_dir=str(data_dir),
+        image_key="picture",
+        split="train",
+        num_shards=2,
+        pipeline_args=IN_PROCESS,
+    )
+    assert entry["source"]["label_key"] == "kind"
+    assert entry["label_names"] == ["gray", "color"]
+    got = read_split(tmp_path / "out")
+    assert len(got) == 4
+    builder = tfds.builder("dct_test_photos", data_dir=str(data_dir))
+    ds = builder.as_dataset(split="train", read_config=tfds.ReadConfig(add_tfds_id=True))
+    for ex in tfds.as_numpy(ds):
+        key = ex["tfds_id"].decode()
+        _assert_same_triples(got[key], encode(ex["picture"], cfg), key)
+        assert int(got[key]["label"]) == int(ex["kind"])
+    # A subsplit, under a plain output name, beside the first split.
+    half = build_dataset.run_pipeline(
+        output_dir=str(tmp_path / "out"),
+        cfg=cfg,
+        tfds_name="dct_test_photos",
+        tfds_data_dir=str(data_dir),
+        image_key="picture",
+        split="train[:50%]",
+        output_split="half",
+        num_shards=1,
+        pipeline_args=IN_PROCESS,
+    )
+    assert half["counts"]["written"] == 2 and half["source"]["split"] == "train[:50%]"
+    assert set(read_split(tmp_path / "out", "half")) < set(got)
+
+
+@pytest.mark.slow
+def test_tfds_prepared_dataset_on_worker_processes(tmp_path):
+    """Worker processes rebuild the TFDS reader from the prepared files (the dataset's builder
+    class is defined here, in the test module, and is not pickled)."""
+    data_dir = tmp_path / "tfds"
+    DctTestPhotos(data_dir=str(data_dir)).download_and_prepare()
+    cfg = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="interleaved")
+    entry = build_dataset.run_pipeline(
+        output_dir=str(tmp_path / "out"),
+        cfg=cfg,
+        tfds_name="dct_test_photos",
+        tfds_data_dir=str(data_dir),
+        image_key="picture",
+        num_shards=2,
+        pipeline_args=["--direct_num_workers=2"],
+    )
+    assert entry["counts"]["written"] == 4 and entry["label_names"] == ["gray", "color"]
+    got = read_split(tmp_path / "out")
+    builder = tfds.builder("dct_test_photos", data_dir=str(data_dir))
+    ds = builder.as_dataset(split="train", read_config=tfds.ReadConfig(add_tfds_id=True))
+    for ex in tfds.as_numpy(ds):
+        key = ex["tfds_id"].decode()
+        _assert_same_triples(got[key], encode(ex["picture"], cfg), key)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line.
+
+
+def test_parse_args_flags_gin_and_pass_through(tmp_path):
+    gin_file = tmp_path / "repr.gin"
+    gin_file.write_text(
+        "build_dataset.block_size = 16\nbuild_dataset.resolution = 256\n"
+        "train.learning_rate = 0.1  # another program's binding: ignored\n"
+    )
+    argv = [
+        "build_dataset",
+        "--image_glob=/data/*/*.jpg",
+        "--labels_from_dirs",
+        "--output_dir=/tmp/out",
+        f"--gin_file={gin_file}",
+        "--quality=90",
+        "--num_shards",
+        "8",
+        "--runner",
+        "DirectRunner",
+        "--direct_num_workers=2",
+    ]
+    kwargs, beam_args = build_dataset.parse_args(argv)
+    assert kwargs["cfg"] == DCTConfig(
+        block_size=16, quality=90, resolution=256, clip=1200, ordering="interleaved"
+    )
+    assert kwargs["num_shards"] == 8 and kwargs["labels_from_dirs"]
+    assert beam_args == ["--runner", "DirectRunner", "--direct_num_workers=2"]
+    defaults, _ = build_dataset.parse_args(["x", "--tfds_name=cifar10", "--output_dir=/o"])
+    assert defaults["cfg"] == build_dataset.DEFAULT_REPRESENTATION
+    assert defaults["cfg"].resolution == 384 and defaults["max_failed_fraction"] == 0.01
+    with pytest.raises(ValueError, match="--block_size=8 contradicts build_dataset.block_size"):
+        build_dataset.parse_args(argv + ["--block_size=8"])
+    with pytest.raises(ValueError, match="--num_shard \\(did you mean --num_shards\\?\\)"):
+        build_dataset.parse_args(["x", "--output_dir=/o", "--num_shard=4"])
+    with pytest.raises(ValueError, match="'stray'"):
+        build_dataset.parse_args(["x", "--output_dir=/o", "stray"])
+    with pytest.raises(ValueError, match="--labels_from_dirs applies to --image_glob"):
+        build_dataset.parse_args(["x", "--output_dir=/o", "--tfds_name=c", "--labels_from_dirs"])
+    with pytest.raises(ValueError, match="--output_dir is required"):
+        build_dataset.parse_args(["x", "--image_glob=/a/*"])
+    with pytest.raises(ValueError, match="representation flags: block_size=12"):
+        build_dataset.parse_args(["x", "--output_dir=/o", "--block_size=12"])
+    typo = tmp_path / "typo.gin"
+    typo.write_text("build_dataset.blocksize = 8\n")
+    with pytest.raises(ValueError, match="blocksize"):
+        build_dataset.parse_args(["x", "--output_dir=/o", f"--gin_file={typo}"])
+    # A later parse does not see the first file's bindings (block_size 16, resolution 256).
+    quality_only = tmp_path / "quality.gin"
+    quality_only.write_text("build_dataset.quality = 60\n")
+    later, _ = build_dataset.parse_args(
+        ["x", "--output_dir=/o", "--image_glob=/a/*", f"--gin_file={quality_only}"]
+    )
+    assert later["cfg"] == dataclasses.replace(build_dataset.DEFAULT_REPRESENTATION, quality=60)
+    with pytest.raises(ValueError, match="--gin_file=/nowhere.gin"):
+        build_dataset.parse_args(["x", "--output_dir=/o", "--gin_file=/nowhere.gin"])
+
+
+def test_run_pipeline_argument_errors_name_the_flag(tmp_path):
+    run = lambda **kw: build_dataset.run_pipeline(output_dir=str(tmp_path), **kw)
+    with pytest.raises(ValueError, match="exactly one input"):
+        run()
+    with pytest.raises(ValueError, match="exactly one input"):
+        run(image_glob="/a/*", tfds_name="cifar10")
+    with pytest.raises(ValueError, match="matches no file"):
+        run(image_glob=str(tmp_path / "none" / "*.jpg"))
+    with pytest.raises(ValueError, match="--labels_from_dirs"):
+        run(tfds_name="cifar10", labels_from_dirs=True)
+    with pytest.raises(ValueError, match="--num_shards=0"):
+        run(image_glob="/a/*", num_shards=0)
+    with pytest.raises(ValueError, match="--output_split"):
+        run(image_glob="/a/*", split="train[:10%]")
+    with pytest.raises(ValueError, match="--max_failed_fraction=2"):
+        run(image_glob="/a/*", max_failed_fraction=2)
+    with pytest.raises(ValueError, match="apache-beam\\[gcp\\]"):
+        run(image_glob="gs://bucket/images/*.jpg")
+    with pytest.raises(ValueError, match="--tfds_name=cifar10: no prepared data"):
+        run(tfds_name="cifar10", tfds_data_dir=str(tmp_path / "empty_tfds"))
+
+
+def test_main_reports_errors_without_traceback(tmp_path, capsys):
+    code = build_dataset.main(["build_dataset", "--output_dir", str(tmp_path), "--num_shards=2"])
+    assert code == 1
+    assert "give exactly one input" in capsys.readouterr().err
+    assert build_dataset.main(["build_dataset", "--help"]) == 0
+    assert "--max_failed_fraction" in capsys.readouterr().out
+
+
+def test_beam_code_imports_neither_tensorflow_nor_keras():
+    """Workers that convert image files stay light: the job's modules pull in no TF or Keras."""
+    code = (
+        "import sys, beam_jobs.build_dataset, beam_jobs.transforms, beam_jobs.images; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') if m in sys.modules]; "
+        "print(heavy); sys.exit(bool(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_command_line_multi_processing_matches_in_process(folder, folder_run, tmp_path):
+    """`python -m beam_jobs.build_dataset` on 2 worker processes writes the same bytes."""
+    root, _, _ = folder
+    out, _ = folder_run
+    cmd = [
+        sys.executable,
+        "-m",
+        "beam_jobs.build_dataset",
+        f"--image_glob={root}/*/*",
+        "--labels_from_dirs",
+        f"--output_dir={tmp_path / 'cli'}",
+        "--num_shards=3",
+        "--max_failed_fraction=0.5",
+        f"--block_size={CFG.block_size}",
+        f"--resolution={CFG.resolution}",
+        "--direct_num_workers=2",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wrote" in done.stdout
+    for name in [records.shard_name("train", i, 3) for i in range(3)] + ["failed-train.jsonl"]:
+        assert (tmp_path / "cli" / name).read_bytes() == (out / name).read_bytes(), name
+    info = json.loads((tmp_path / "cli" / "info.json").read_text())
+    assert (
+        info["splits"]["train"]["counts"]
+        == json.loads((out / "info.json").read_text())["splits"]["train"]["counts"]
+    )
