@@ -100,3 +100,20 @@ def test_decode_unbatched_prefix(color_photos):
         dense = dct_ops.dct_image_from_triples(seq.channels, seq.positions, seq.values, cfg, n)
         out = dct_ops.decode_dct_image(dense, cfg, seq.height, seq.width).numpy()
         np.testing.assert_array_equal(out[: seq.height, : seq.width], decode(seq, cfg, n))
+
+
+@pytest.mark.parametrize("ordering", ["interleaved", "luma_first"])
+def test_xla_encode_matches_numpy_encode(ordering, color_photos):
+    for name, block_size in (("chelsea.png", 8), ("coffee.png", 16)):
+        cfg = DCTConfig(block_size=block_size, quality=80, resolution=256, ordering=ordering)
+        ours = dct_ops.encode(color_photos[name], cfg)
+        ref = encode(color_photos[name], cfg)
+        assert (ours.height, ours.width) == (ref.height, ref.width)
+        # Same triples up to the odd coefficient on a rounding edge: compare dense images.
+        a, b = rep.dct_image(ours, cfg), rep.dct_image(ref, cfg)
+        assert np.mean(a == b) > 0.9995 and np.abs(a - b).max() <= 1
+        assert abs(len(ours) - len(ref)) <= 0.002 * len(ref)
+        rank = rep.channel_rank(block_size, ordering, cfg.interval)[ours.channels]
+        assert np.all(np.diff(rank.astype(np.int64) * cfg.num_positions + ours.positions) > 0)
+    with pytest.raises(ValueError, match="dtype"):
+        dct_ops.encode(np.zeros((8, 8, 3), np.float32), cfg)

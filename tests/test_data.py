@@ -1,0 +1,348 @@
+"""The tf.data input pipeline: sampler and filter against their closed forms, no target leakage,
+static shapes, determinism, tf.distribute, eval mode, colorization targets and bad records."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import scipy.stats
+import tensorflow as tf
+from PIL import Image
+
+from beam_jobs.build_dataset import run_pipeline
+from dct_gen import data, photos, records
+from dct_gen import representation as rep
+from dct_gen.representation import DCTConfig
+
+CHUNK, OVERLAP = 64, 16
+WINDOW = CHUNK + OVERLAP
+
+
+def _write_crops(folder: str, count: int, seed: int) -> None:
+    """Square crops of the bundled photos, of varied sizes, so sequence lengths vary."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = photos.color_photo_paths()
+    for i in range(count):
+        image = photos.load_rgb(paths[i % len(paths)])
+        side = int(rng.integers(24, 64))
+        y = int(rng.integers(0, image.shape[0] - side))
+        x = int(rng.integers(0, image.shape[1] - side))
+        Image.fromarray(image[y : y + side, x : x + side]).save(f"{folder}/{i:02d}.png")
+
+
+def _build(tmp, ordering: str) -> str:
+    images, out = os.path.join(tmp, "images"), os.path.join(tmp, ordering)
+    if not os.path.isdir(images):
+        _write_crops(images, 16, seed=0)
+    cfg = DCTConfig(block_size=8, quality=75, resolution=64, ordering=ordering)
+    run_pipeline(output_dir=out, cfg=cfg, image_glob=f"{images}/*.png", num_shards=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return _build(str(tmp_path_factory.mktemp("data")), "interleaved")
+
+
+@pytest.fixture(scope="module")
+def luma_first_dir(tmp_path_factory):
+    return _build(str(tmp_path_factory.mktemp("data_lf")), "luma_first")
+
+
+def _sequences(data_dir: str) -> dict[int, dict]:
+    """length (stop included) -> the record's triples, read with the public parser."""
+    out = {}
+    for path in records.split_files(data_dir, "train"):
+        for raw in tf.data.TFRecordDataset(path):
+            f = {k: v.numpy() for k, v in records.parse_example(raw).items()}
+            out[len(f["channels"]) + 1] = f
+    return out
+
+
+def _examples(ds, count: int):
+    """Unbatches the first `count` examples into numpy dicts."""
+    return list(ds.unbatch().take(count).as_numpy_iterator())
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms.
+
+
+def test_chunk_weights_closed_form():
+    np.testing.assert_allclose(data.chunk_weights(1), [1.0])
+    w = np.array([1.0, 0.125, 0.1, 0.1])  # max((k + 1)^-3, 0.1)
+    np.testing.assert_allclose(data.chunk_weights(4), w / w.sum())
+    w = np.array([1.0, 0.25, 0.2])  # exponent 2, p_min 0.2
+    np.testing.assert_allclose(data.chunk_weights(3, exponent=2.0, p_min=0.2), w / w.sum())
+    with pytest.raises(ValueError, match="num_chunks"):
+        data.chunk_weights(0)
+
+
+def test_keep_probability_closed_form():
+    np.testing.assert_allclose(data.keep_probability([10, 50, 100, 300], 100), [0.1, 0.5, 1, 1])
+    with pytest.raises(ValueError, match="l_max"):
+        data.keep_probability(3, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler and the filter, measured on the pipeline itself.
+
+
+def test_chunk_index_distribution_matches_formula(dataset_dir):
+    ds = data.make_dataset(
+        dataset_dir, "train", batch_size=64, chunk_size=CHUNK, overlap=OVERLAP, seed=1, l_max=1
+    )
+    examples = _examples(ds, 4096)
+    by_n: dict[int, list[int]] = {}
+    for e in examples:
+        by_n.setdefault(int(e["num_chunks"]), []).append(int(e["chunk_index"]))
+    tested = 0
+    for n, ks in by_n.items():
+        if n < 2 or len(ks) < 200:
+            continue
+        observed = np.bincount(ks, minlength=n)
+        expected = data.chunk_weights(n) * len(ks)
+        _, p = scipy.stats.chisquare(observed, expected)
+        assert p > 1e-3, (n, observed, expected)
+        tested += 1
+    assert tested >= 3, {n: len(k) for n, k in by_n.items()}
+
+
+def test_keep_rate_matches_length_over_l_max(dataset_dir):
+    seqs = _sequences(dataset_dir)
+    l_max = 2 * max(seqs)
+    epochs = 200
+    # No shuffling, so sequence_index (the stream index, epoch after epoch) arrives in order.
+    ds = data.make_dataset(
+        dataset_dir, "train", batch_size=50, chunk_size=CHUNK, overlap=OVERLAP, seed=2,
+        l_max=l_max, shuffle_buffer=1,
+    )  # fmt: skip
+    kept = {length: 0 for length in seqs}
+    done = False
+    for batch in ds.as_numpy_iterator():
+        for length, index in zip(batch["length"], batch["sequence_index"]):
+            if index >= epochs * len(seqs):
+                done = True
+                break
+            kept[int(length)] += 1
+        if done:
+            break
+    lengths = np.array(sorted(seqs))
+    observed = np.array([kept[int(n)] for n in lengths])
+    p = data.keep_probability(lengths, l_max)
+    expected = epochs * p
+    # Each count is binomial(epochs, L / L_max): within 4.5 standard deviations.
+    sd = np.sqrt(epochs * p * (1 - p))
+    assert np.all(np.abs(observed - expected) <= 4.5 * sd + 1), (observed, expected)
+    _, pvalue = scipy.stats.chisquare(
+        np.stack([observed, epochs - observed]).ravel(),
+        np.stack([expected, epochs - expected]).ravel(),
+        ddof=0,
+    )
+    assert pvalue > 1e-3, (observed, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# What each example holds.
+
+
+def test_inputs_are_exactly_the_prefix(dataset_dir):
+    cfg = records.representation_from_info(records.read_info(dataset_dir))
+    seqs = _sequences(dataset_dir)
+    assert len(seqs) == 16, "the fixture's lengths must be distinct"
+    ds = data.make_dataset(
+        dataset_dir, "train", batch_size=16, chunk_size=CHUNK, overlap=OVERLAP, seed=3, l_max=1
+    )
+    checked_later_chunks = 0
+    for e in _examples(ds, 160):
+        f = seqs[int(e["length"])]
+        seq = rep.DCTSequence(f["channels"], f["positions"], f["values"], f["height"], f["width"])
+        start = int(e["chunk_start"])
+        assert start == int(e["chunk_index"]) * CHUNK
+        # The encoder's input: exactly the triples before the chunk, and nothing after.
+        np.testing.assert_array_equal(e["dct_image"], rep.dct_image(seq, cfg, num_triples=start))
+        # The window: overlap, then targets, then padding, each element where it belongs.
+        full = {
+            "channels": np.append(f["channels"], cfg.stop_token),
+            "positions": np.append(f["positions"], 0),
+            "values": np.append(f["values"], 0),
+        }
+        real = e["indices"] >= 0
+        idx = e["indices"][real]
+        assert np.all(np.diff(idx) == 1) and idx[0] == max(0, start - OVERLAP)
+        for name, arr in full.items():
+            np.testing.assert_array_equal(e[name][real], arr[idx])
+            assert not e[name][~real].any()
+        np.testing.assert_array_equal(e["loss_mask"] > 0, real & (e["indices"] >= start))
+        np.testing.assert_array_equal(e["mask"] > 0, real)
+        assert e["loss_mask"].sum() == min(CHUNK, int(e["length"]) - start)
+        assert (e["height"], e["width"], e["label"]) == (f["height"], f["width"], -1)
+        checked_later_chunks += start > 0
+    assert checked_later_chunks > 10
+
+
+def test_train_shapes_are_static(dataset_dir):
+    ds = data.make_dataset(
+        dataset_dir, "train", batch_size=8, chunk_size=CHUNK, overlap=OVERLAP, seed=0
+    )
+    for name, spec in ds.element_spec.items():
+        assert spec.shape.is_fully_defined(), (name, spec.shape)
+    assert ds.element_spec["dct_image"].shape == (8, 8, 8, 192)
+    assert ds.element_spec["channels"].shape == (8, WINDOW)
+
+
+def test_same_seed_same_batches(dataset_dir):
+    make = lambda seed: data.make_dataset(
+        dataset_dir, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=seed
+    )
+    a = list(make(7).take(6).as_numpy_iterator())
+    b = list(make(7).take(6).as_numpy_iterator())
+    c = list(make(8).take(6).as_numpy_iterator())
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    differs = any(not np.array_equal(x[k], y[k]) for x, y in zip(a, c) for k in x)
+    assert differs
+
+
+def test_under_tf_distribute_with_two_cpus(dataset_dir):
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest splits the CPU into two logical devices"
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    global_batch = 8
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        return data.make_dataset(
+            dataset_dir, "train", batch_size=ctx.get_per_replica_batch_size(global_batch),
+            chunk_size=CHUNK, overlap=OVERLAP, seed=0, input_context=ctx,
+        )  # fmt: skip
+
+    dist = strategy.distribute_datasets_from_function(dataset_fn)
+    batch = next(iter(dist))
+
+    @tf.function
+    def step(b):
+        return strategy.run(lambda x: tf.reduce_sum(x["loss_mask"]), args=(b,))
+
+    per_replica = strategy.experimental_local_results(step(batch))
+    assert len(per_replica) == 2
+    shapes = [t.shape for t in strategy.experimental_local_results(batch["channels"])]
+    assert shapes == [(4, WINDOW), (4, WINDOW)]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation mode and colorization.
+
+
+def test_eval_mode_walks_every_chunk_once(dataset_dir):
+    seqs = _sequences(dataset_dir)
+    ds = data.make_dataset(
+        dataset_dir, "train", batch_size=7, chunk_size=CHUNK, overlap=OVERLAP, seed=0,
+        mode="eval",
+    )  # fmt: skip
+    examples = list(ds.unbatch().as_numpy_iterator())
+    by_seq: dict[int, list] = {}
+    for e in examples:
+        by_seq.setdefault(int(e["sequence_index"]), []).append(e)
+    assert sorted(int(e[0]["length"]) for e in by_seq.values()) == sorted(seqs)
+    for chunks in by_seq.values():
+        length = int(chunks[0]["length"])
+        assert [int(e["chunk_index"]) for e in chunks] == list(
+            range(data.num_chunks_of(length, CHUNK))
+        )
+        # Every element carries loss exactly once over the chunks.
+        covered = np.concatenate([e["indices"][e["loss_mask"] > 0] for e in chunks])
+        np.testing.assert_array_equal(covered, np.arange(length))
+
+
+def test_colorization_targets_only_chroma(luma_first_dir):
+    cfg = records.representation_from_info(records.read_info(luma_first_dir))
+    seqs = _sequences(luma_first_dir)
+    ds = data.make_dataset(
+        luma_first_dir, "train", batch_size=16, chunk_size=CHUNK, overlap=OVERLAP, seed=4,
+        l_max=1, target_part="chroma",
+    )  # fmt: skip
+    for e in _examples(ds, 64):
+        f = seqs[int(e["length"])]
+        targets = e["channels"][e["loss_mask"] > 0]
+        assert np.all(targets >= cfg.channels_per_plane), "targets come from the chroma part"
+        n_luma = int(np.sum(f["channels"] < cfg.channels_per_plane))
+        assert int(e["chunk_start"]) == n_luma + int(e["chunk_index"]) * CHUNK
+        # All luma is in the input image.
+        assert np.count_nonzero(e["dct_image"][..., : cfg.channels_per_plane]) == n_luma
+    with pytest.raises(ValueError, match="luma_first"):
+        data.make_dataset(
+            dataset_dir_of(luma_first_dir), "train", batch_size=1, chunk_size=CHUNK,
+            overlap=OVERLAP, seed=0, target_part="chroma",
+        )  # fmt: skip
+
+
+def dataset_dir_of(luma_first_dir: str) -> str:
+    """The interleaved dataset built beside a luma_first one (same images)."""
+    return _build(os.path.dirname(luma_first_dir), "interleaved")
+
+
+# --------------------------------------------------------------------------------------------
+# Bad data.
+
+
+def test_corrupt_shard_error_names_the_file(dataset_dir, tmp_path):
+    broken = str(tmp_path / "broken")
+    shutil.copytree(dataset_dir, broken)
+    shard = records.split_files(broken, "train")[1]
+    raw = bytearray(open(shard, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(raw))
+    ds = data.make_dataset(
+        broken, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=0, mode="eval"
+    )
+    with pytest.raises(data.ShardReadError, match=os.path.basename(shard)):
+        for _ in data.iterate(ds, records.split_files(broken, "train")):
+            pass
+
+
+def test_malformed_record_is_rejected(dataset_dir, tmp_path):
+    broken = str(tmp_path / "malformed")
+    shutil.copytree(dataset_dir, broken)
+    shard = records.split_files(broken, "train")[0]
+    bad = records.serialize_example(
+        channels=np.array([0, 1]), positions=np.array([0, 0]), values=np.array([5, 5000]),
+        height=64, width=64, key="planted-bad-record",
+    )  # fmt: skip
+    with open(shard, "ab") as f:
+        f.write(records.tfrecord_frame(bad))
+    ds = data.make_dataset(
+        broken, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=0, mode="eval"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside") as err:
+        for _ in ds:
+            pass
+    assert "planted-bad-record" in str(err.value)
+
+
+def test_missing_dataset_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        data.make_dataset(
+            str(tmp_path), "train", batch_size=1, chunk_size=CHUNK, overlap=OVERLAP, seed=0
+        )
+
+
+def test_record_with_unequal_arrays_is_rejected(dataset_dir, tmp_path):
+    broken = str(tmp_path / "unequal")
+    shutil.copytree(dataset_dir, broken)
+    shard = records.split_files(broken, "train")[0]
+    good = next(iter(tf.data.TFRecordDataset(shard))).numpy()
+    example = tf.train.Example.FromString(good)
+    values = example.features.feature["values"].int64_list.value
+    del values[-1]  # one value fewer than positions
+    example.features.feature["key"].bytes_list.value[0] = b"planted-short-record"
+    with open(shard, "ab") as f:
+        f.write(records.tfrecord_frame(example.SerializeToString()))
+    ds = data.make_dataset(
+        broken, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=0, mode="eval"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt record|differ in length"):
+        for _ in ds:
+            pass
