@@ -37,8 +37,11 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dct_gen.demo --out runs/demo
 
+## make bench: every benchmark (each prints its figures and ratios against its baseline).
 bench: $(STAMP)
 	$(PY) bench/codec.py
+	$(PY) bench/beam.py
+	$(PY) bench/input_pipeline.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -36,6 +36,8 @@ CORE = [
 ]
 
 EXTRAS = {
+    # Running the Beam job on Dataflow (Google Cloud I/O); pulls in no TensorFlow.
+    "dataflow": ["apache-beam[gcp]==2.77.0"],
     "test": [
         "pytest",
         "jpeglib",

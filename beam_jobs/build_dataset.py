@@ -35,8 +35,8 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_jobs import images, outputs, transforms
-from dct_gen import records
+from beam_jobs import outputs, transforms
+from dct_gen import images, records
 from dct_gen.representation import ORDERINGS, DCTConfig
 
 # The paper's LSUN row (Table 3): the job's default representation.

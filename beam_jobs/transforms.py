@@ -31,8 +31,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from beam_jobs import images, outputs
-from dct_gen import records
+from beam_jobs import outputs
+from dct_gen import images, records
 from dct_gen.representation import DCTConfig, check_triples, encode
 
 NAMESPACE = "dct_gen"

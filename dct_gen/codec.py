@@ -30,8 +30,9 @@ import zipfile
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
+from dct_gen import images
 from dct_gen import representation as rep
 
 NPZ_FORMAT = 1
@@ -56,30 +57,16 @@ class UsageError(CodecError):
 
 
 def read_image(path: str) -> np.ndarray:
-    """Reads an image file as uint8 HxWx3 RGB.
-
-    EXIF orientation is applied; 16-bit images are scaled to 8 bits (not clipped); transparency
-    is composited on white; grayscale is replicated to RGB (its chroma is then empty).
-    """
-    if not os.path.exists(path):
-        raise CodecError(f"{path}: no such file")
+    """Reads an image file as uint8 HxWx3 RGB with `dct_gen.images` (EXIF orientation applied,
+    16-bit scaled, transparency composited on white, grayscale replicated to RGB)."""
     if os.path.isdir(path):
         raise CodecError(f"{path}: is a directory, expected an image file")
+    if not os.path.exists(path):
+        raise CodecError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CodecError(f"{path}: cannot read as an image ({e})") from e
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        wide = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.rint(wide * (255.0 / peak)), 0, 255).astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, im)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return images.read_image(path)
+    except images.ImageError as e:
+        raise CodecError(f"cannot read as an image ({e.reason}): {e}") from e
 
 
 def _is_image_name(name: str) -> bool:

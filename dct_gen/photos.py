@@ -10,7 +10,8 @@ import importlib.util
 import os
 
 import numpy as np
-from PIL import Image
+
+from dct_gen import images
 
 # File names inside skimage/data and sklearn/datasets/images.
 _SKIMAGE_COLOR = (
@@ -53,11 +54,5 @@ def gray_photo_paths() -> list[str]:
 
 
 def load_rgb(path: str) -> np.ndarray:
-    """Reads an image file as a uint8 HxWx3 RGB array (alpha composited on white)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """Reads an image file as a uint8 HxWx3 RGB array (with `dct_gen.images.read_image`)."""
+    return images.read_image(path)

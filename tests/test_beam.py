@@ -28,8 +28,8 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from beam_jobs import build_dataset, images, outputs, transforms
-from dct_gen import photos, records
+from beam_jobs import build_dataset, outputs, transforms
+from dct_gen import images, photos, records
 from dct_gen.representation import DCTConfig, encode
 
 IN_PROCESS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -872,7 +872,7 @@ def test_main_reports_errors_without_traceback(tmp_path, capsys):
 def test_beam_code_imports_neither_tensorflow_nor_keras():
     """Workers that convert image files stay light: the job's modules pull in no TF or Keras."""
     code = (
-        "import sys, beam_jobs.build_dataset, beam_jobs.transforms, beam_jobs.images; "
+        "import sys, beam_jobs.build_dataset, beam_jobs.transforms, dct_gen.images; "
         "heavy = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') if m in sys.modules]; "
         "print(heavy); sys.exit(bool(heavy))"
     )

@@ -1,16 +1,16 @@
-"""Image decoding for the dataset job: odd inputs converted to uint8 RGB, bad ones named by reason.
+"""Image decoding: any image file or array to uint8 RGB, odd inputs converted, bad ones named.
 
-`decode_image(bytes)` and `image_from_array(array)` return a uint8 HxWx3 array or raise
-`ImageError`, whose `reason` is one of `REASONS` (the dead-letter file and the job's counters
-use it). Conversions, in order:
+One loader for the dataset job, the codec command line and the bundled photos (Pillow and
+numpy only: Beam workers import it). `decode_image(bytes)`, `read_image(path)` and
+`image_from_array(array)` return a uint8 HxWx3 array or raise `ImageError`, whose `reason` is
+one of `REASONS` (the dead-letter file and the job's counters use it). Conversions, in order:
 
 - animated images (GIF, APNG, WebP): the first frame;
 - EXIF orientation applied (Pillow ignores it unless asked);
 - 16-bit samples scaled to 8 bits as round(v / 257), so 65535 -> 255 (Pillow's own conversion
   of 16-bit grayscale clips everything above 255);
 - palette, grayscale, bilevel, CMYK and YCbCr images converted to RGB;
-- images with alpha (RGBA, LA, palette with transparency) composited on white, as
-  `dct_gen.photos.load_rgb` does.
+- images with alpha (RGBA, LA, palette with transparency) composited on white.
 
 The pixel cap is checked on the header, before any pixel is decoded, so a small file that
 declares a huge image (a decompression bomb) costs nothing. Images smaller than one DCT block
@@ -104,6 +104,19 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             raise _decode_failure(e) from None
         im = _apply_orientation(im)
         return _to_rgb(im)
+
+
+def read_image(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads an image file (local path) to uint8 HxWx3 RGB; an ImageError names the path."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError("read_error", f"{path}: {e.strerror or e}") from None
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except ImageError as e:
+        raise ImageError(e.reason, f"{path}: {e}") from None
 
 
 def image_from_array(array, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
