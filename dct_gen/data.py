@@ -301,26 +301,35 @@ def make_dataset(
     base_seed = tf.constant([seed, 0], tf.int64)
     weight_args = (float(exponent), float(p_min))
 
-    def sample(index, record):
-        seq = parse(index, record)
+    def seeds(index):
         key = tf.random.experimental.stateless_fold_in(base_seed, index)
-        filter_seed = tf.random.experimental.stateless_fold_in(key, 0)
-        chunk_seed = tf.random.experimental.stateless_fold_in(key, 1)
+        return [tf.random.experimental.stateless_fold_in(key, i) for i in (0, 1)]
+
+    def keep(index, record):
+        """The length-bias filter, decided before any per-example work is spent."""
+        seq = parse(index, record)
+        length = tf.cast(tf.size(seq["channels"]), tf.float32)
+        keep_p = tf.minimum(length / float(l_max), 1.0)
+        # The int64 stream index seeds the chunk draw too (sequence_index is int32 and wraps).
+        return tf.random.stateless_uniform([], seeds(index)[0]) < keep_p, (seq, index)
+
+    def sample(seq, index):
+        """The chunk sampler, then the window and the input DCT image."""
         length = tf.size(seq["channels"])
-        keep_p = tf.minimum(tf.cast(length, tf.float32) / float(l_max), 1.0)
-        keep = tf.random.stateless_uniform([], filter_seed) < keep_p
         base = _target_base(seq, cfg, target_part)
         num_chunks = (length - base + chunk_size - 1) // chunk_size
         k = tf.cast(tf.range(num_chunks), tf.float32)
         logits = tf.math.log(tf.maximum(tf.pow(k + 1.0, -weight_args[0]), weight_args[1]))
         # num_chunks >= 1 (the stop token is always a target), so logits are never all -inf.
+        chunk_seed = seeds(index)[1]
         chunk = tf.random.stateless_categorical(logits[None], 1, chunk_seed, dtype=tf.int32)[0, 0]
         start = base + chunk * chunk_size
         example = _example(seq, start, chunk, num_chunks, cfg, chunk_size, overlap)
-        return keep, _static(example, cfg, window)
+        return _static(example, cfg, window)
 
+    ds = ds.map(keep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.filter(lambda kept, _: kept).map(lambda _, seq_and_index: seq_and_index)
     ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda keep, _: keep).map(lambda _, example: example)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
