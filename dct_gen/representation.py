@@ -522,8 +522,10 @@ def triples_from_planes(
         idx = np.flatnonzero(mask)
         cell = idx - np.repeat(np.arange(n) * (rows * cols), counts)  # index in (rows, cols)
         parts_p.append(_position_lut(rows, cols, 1 if plane_index == 0 else 2, g)[cell])
-        parts_c.append(np.repeat(np.arange(plane_index * n, (plane_index + 1) * n), counts))
-        parts_v.append(plane.reshape(-1)[idx].astype(np.int32))
+        parts_c.append(
+            np.repeat(np.arange(plane_index * n, (plane_index + 1) * n, dtype=np.int32), counts)
+        )
+        parts_v.append(plane.reshape(-1)[idx].astype(np.int32, copy=False))
         parts_n.append(counts)
     channels = np.concatenate(parts_c)
     positions = np.concatenate(parts_p)
@@ -532,17 +534,22 @@ def triples_from_planes(
     clipped = int(np.count_nonzero(np.abs(values) > cfg.clip))
     if clipped:
         values = np.clip(values, -cfg.clip, cfg.clip)
-    # Move each channel's run, intact, to where the ordering puts that channel.
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # run start, channel-id order
+    # Move each channel's run, intact, to where the ordering puts that channel: runs that stay
+    # adjacent (e.g. consecutive luma channels) are merged, then copied in emission order.
     order = channel_order(cfg.block_size, cfg.ordering, cfg.interval)
-    start = np.empty(3 * n, dtype=np.int64)
-    start[order] = np.concatenate([[0], np.cumsum(counts[order])[:-1]])  # run start, emitted
-    dest = np.arange(channels.size) + (start - first)[channels]
-    out = np.empty((3, channels.size), dtype=np.int32)
-    out[0, dest], out[1, dest], out[2, dest] = channels, positions, values
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])[order]  # source start, emitted order
+    lengths = counts[order]
+    breaks = np.flatnonzero(first[1:] != first[:-1] + lengths[:-1]) + 1
+    starts = first[np.concatenate([[0], breaks])]
+    ends = (first + lengths)[np.concatenate([breaks - 1, [order.size - 1]])]
+    spans = [slice(a, b) for a, b in zip(starts.tolist(), ends.tolist()) if b > a]
+    out = [
+        np.concatenate([arr[sp] for sp in spans]) if spans else arr[:0]
+        for arr in (channels, positions, values)
+    ]
     return DCTSequence(
-        channels=out[0],
-        positions=out[1],
+        channels=out[0].astype(np.int32, copy=False),
+        positions=out[1].astype(np.int32, copy=False),
         values=out[2],
         height=height,
         width=width,
