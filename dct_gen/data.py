@@ -160,7 +160,6 @@ def _target_base(seq: dict, cfg: DCTConfig, target_part: str):
 
 
 def _example(seq: dict, start, chunk_index, num_chunks, cfg: DCTConfig, chunk_size, overlap):
-    # seq carries its stream index as "sequence_index".
     """Cuts the window for the chunk beginning at `start` and builds the input DCT image."""
     length = tf.size(seq["channels"])
     window = chunk_size + overlap
