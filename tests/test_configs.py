@@ -1,0 +1,251 @@
+"""Gin configs: every file parses, every experiment builds in a dry run, the Table 3 values
+are the paper's, and the parameter counts are within 20% of Table 3's."""
+
+import glob
+import json
+import os
+
+import gin
+import pytest
+
+from dct_gen import configs, train
+from dct_gen import model as model_lib
+
+EXPERIMENTS = sorted(glob.glob(os.path.join(configs.GIN_DIR, "experiments", "*.gin")))
+ALL_GIN = sorted(glob.glob(os.path.join(configs.GIN_DIR, "**", "*.gin"), recursive=True))
+
+V5 = [(1, 2)] * 5 + [(1, 7)]
+V6 = [(1, 2)] * 6 + [(1, 7)]
+VS = [(1, 2), (1, 2), (1, 3), (1, 3), (1, 7)]
+D4 = [(1, 2)] * 3 + [(1, 4)]
+D3 = [(1, 2)] * 3 + [(1, 3)]
+LSUN = dict(
+    resolution=384,
+    block=8,
+    quality=75,
+    clip=1200,
+    hidden=896,
+    heads=14,
+    channel=D4,
+    value=V5,
+    kernel=4,
+    stride=2,
+    batch=512,
+    dropout=0.1,
+    tokens=300e9,
+    params=448e6,
+)
+# Paper Table 3, column by column.
+TABLE_3 = {
+    "lsun_bedroom": LSUN,
+    "lsun_tower": LSUN,
+    "lsun_church": LSUN,
+    "ffhq": dict(
+        resolution=1024,
+        block=16,
+        quality=35,
+        clip=3200,
+        hidden=896,
+        heads=14,
+        channel=D4,
+        value=V6,
+        kernel=6,
+        stride=3,
+        batch=448,
+        dropout=0.1,
+        tokens=250e9,
+        params=473e6,
+    ),
+    "imagenet": dict(
+        resolution=384,
+        block=8,
+        quality=75,
+        clip=1200,
+        hidden=1152,
+        heads=14,
+        channel=D4,
+        value=V6,
+        kernel=8,
+        stride=4,
+        batch=512,
+        dropout=0.01,
+        tokens=1000e9,
+        params=738e6,
+    ),
+    "openimages_colorization": dict(
+        resolution=640,
+        block=8,
+        quality=50,
+        clip=1200,
+        hidden=896,
+        heads=18,
+        channel=D4,
+        value=V6,
+        kernel=6,
+        stride=3,
+        batch=512,
+        dropout=0.01,
+        tokens=1000e9,
+        params=533e6,
+    ),
+    "plant_leaves": dict(
+        resolution=2048,
+        block=32,
+        quality=50,
+        clip=4000,
+        hidden=768,
+        heads=12,
+        channel=D3,
+        value=VS,
+        kernel=4,
+        stride=2,
+        batch=256,
+        dropout=0.4,
+        tokens=100e9,
+        params=325e6,
+    ),
+    "retinopathy": dict(
+        resolution=1024,
+        block=16,
+        quality=75,
+        clip=3200,
+        hidden=768,
+        heads=12,
+        channel=D3,
+        value=VS,
+        kernel=4,
+        stride=2,
+        batch=512,
+        dropout=0.1,
+        tokens=200e9,
+        params=318e6,
+    ),
+    "clevr": dict(
+        resolution=480,
+        block=8,
+        quality=90,
+        clip=1200,
+        hidden=896,
+        heads=14,
+        channel=D4,
+        value=V6,
+        kernel=6,
+        stride=3,
+        batch=128,
+        dropout=0.5,
+        tokens=50e9,
+        params=483e6,
+    ),
+}
+# Builds the big models at this width instead (the structure, vocabularies and grids stay).
+SMALL = [
+    "model_config.hidden_size = 32",
+    "model_config.num_heads = 2",
+    "model_config.key_size = 16",
+]
+
+
+def name_of(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    yield
+    gin.clear_config()
+
+
+def test_every_paper_experiment_has_a_file():
+    assert set(TABLE_3) | {"tiny", "test"} == {name_of(p) for p in EXPERIMENTS}
+
+
+@pytest.mark.parametrize("path", ALL_GIN, ids=lambda p: os.path.relpath(p, configs.GIN_DIR))
+def test_every_gin_file_parses(path):
+    configs.parse([path])
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_3))
+def test_table_3_values(name):
+    want = TABLE_3[name]
+    configs.parse([f"experiments/{name}.gin"])
+    dct, model, run = configs.dct_config(), configs.model_config(), configs.train_config()
+    assert (dct.resolution, dct.block_size, dct.quality, dct.clip) == (
+        want["resolution"],
+        want["block"],
+        want["quality"],
+        want["clip"],
+    )
+    assert (model.chunk_size, model.overlap, run.chunk_size, run.overlap) == (896, 128, 896, 128)
+    assert (model.hidden_size, model.num_heads) == (want["hidden"], want["heads"])
+    assert list(model.encoder_spec) == [(1, 2)] * 4
+    assert list(model.channel_spec) == want["channel"]
+    assert list(model.position_spec) == D4
+    assert list(model.value_spec) == want["value"]
+    assert (model.kernel_size, model.stride) == (want["kernel"], want["stride"])
+    assert model.dropout == want["dropout"]
+    assert (run.batch_size, run.learning_rate, run.tokens) == (want["batch"], 5e-4, want["tokens"])
+    assert run.warmup_steps == 1000
+    assert model.num_classes == (1000 if name == "imagenet" else None)
+    assert dct.ordering == ("luma_first" if name == "openimages_colorization" else "interleaved")
+    assert run.target_part == ("chroma" if name == "openimages_colorization" else "all")
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_3))
+def test_parameter_count_within_20_percent_of_table_3(name):
+    configs.parse([f"experiments/{name}.gin"])
+    count = model_lib.count_parameters(configs.model_config())
+    assert abs(count / TABLE_3[name]["params"] - 1) < 0.2, count
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=name_of)
+def test_dry_run_builds_every_experiment(path):
+    """The tiny and test configs build as they are; the paper's at width 32 (building 300-740M
+    parameters takes 3-8 s each; the slow test below does it), checked against the count."""
+    params = [] if name_of(path) in ("tiny", "test") else SMALL
+    result = configs.dry_run([path], params)
+    assert set(result) == {"parameters", "flops_per_token"}
+    assert result["parameters"] == model_lib.count_parameters(configs.model_config())
+    assert result["flops_per_token"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TABLE_3))
+def test_dry_run_builds_the_paper_models(name):
+    result = configs.dry_run([f"experiments/{name}.gin"])
+    assert result["parameters"] == model_lib.count_parameters(configs.model_config())
+    assert abs(result["parameters"] / TABLE_3[name]["params"] - 1) < 0.2
+
+
+def test_train_dry_run_prints_one_json_line(capsys):
+    flags = ["train", "--gin_file=experiments/test.gin", "--gin_param=model_config.dropout = 0.2"]
+    train.FLAGS(flags + ["--dry_run"])
+    try:
+        train.main(["train"])
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0])["parameters"] > 0
+        assert configs.model_config().dropout == 0.2
+        train.FLAGS(flags + ["--nodry_run"])
+        with pytest.raises(SystemExit, match="not implemented"):
+            train.main(["train"])
+    finally:
+        train.FLAGS.unparse_flags()
+
+
+def test_bad_keys_and_missing_bindings_are_named():
+    with pytest.raises(ValueError, match="bogus"):
+        configs.dry_run(["experiments/test.gin"], ["model_config.bogus = 1"])
+    configs.parse([], ["model_config.hidden_size = 8"])
+    with pytest.raises(ValueError, match="dct_config.block_size"):
+        configs.model_config()
+    with pytest.raises(FileNotFoundError, match="nope.gin"):
+        configs.parse(["experiments/nope.gin"])
+
+
+def test_check_dct_config_refuses_a_contradiction():
+    configs.parse(["experiments/tiny.gin"])
+    bound = configs.dct_config()
+    configs.check_dct_config(bound, bound)
+    other = type(bound)(**{**bound.to_dict(), "quality": 50})
+    with pytest.raises(ValueError, match="dct_config.quality"):
+        configs.check_dct_config(bound, other)
