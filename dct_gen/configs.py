@@ -95,6 +95,7 @@ class TrainConfig:
       chunk_size, overlap: C and O of the input pipeline (and of the model's window).
       target_part: "all", or "chroma" for colorization on luma_first data (paper 4.3).
       mixed_precision: bfloat16 compute with float32 variables.
+      grad_clip_norm: gradients are clipped to this global norm (the paper does not say; 1.0).
     """
 
     batch_size: int
@@ -105,6 +106,7 @@ class TrainConfig:
     overlap: int = 128
     target_part: str = "all"
     mixed_precision: bool = True
+    grad_clip_norm: float = 1.0
 
 
 @gin.configurable("train_config")
@@ -117,6 +119,7 @@ def train_config(
     overlap: int = 128,
     target_part: str = "all",
     mixed_precision: bool = True,
+    grad_clip_norm: float = 1.0,
 ) -> TrainConfig:
     return TrainConfig(
         batch_size=int(_required("train_config.batch_size", batch_size)),
@@ -127,6 +130,7 @@ def train_config(
         overlap=int(overlap),
         target_part=target_part,
         mixed_precision=bool(mixed_precision),
+        grad_clip_norm=float(grad_clip_norm),
     )
 
 

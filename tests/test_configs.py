@@ -7,6 +7,7 @@ import os
 
 import gin
 import pytest
+from absl import app
 
 from dct_gen import configs, train
 from dct_gen import model as model_lib
@@ -226,7 +227,7 @@ def test_train_dry_run_prints_one_json_line(capsys):
         assert json.loads(lines[0])["parameters"] > 0
         assert configs.model_config().dropout == 0.2
         train.FLAGS(flags + ["--nodry_run"])
-        with pytest.raises(SystemExit, match="not implemented"):
+        with pytest.raises(app.UsageError, match="--data_dir is required"):
             train.main(["train"])
     finally:
         train.FLAGS.unparse_flags()
