@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(PY) bench/codec.py
 	$(PY) bench/beam.py
 	$(PY) bench/input_pipeline.py
+	$(PY) bench/train.py
+	$(PY) bench/libjpeg_agreement.py
+	$(PY) bench/structural_mask.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
