@@ -18,9 +18,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -31,20 +28,6 @@ HELD_OUT = ("china.jpg", "flower.jpg")
 REPRESENTATION = DCTConfig(block_size=8, quality=75, resolution=64)  # tiny.gin's
 COMPONENTS = ("bits_per_subpixel", "channel_bits_per_subpixel", "position_bits_per_subpixel",
               "value_bits_per_subpixel")  # fmt: skip
-
-
-def _crops(paths: list[str], count: int, folder: str, seed: int) -> None:
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        image = photos.load_rgb(paths[i % len(paths)])
-        side = int(rng.integers(48, 160))
-        y = int(rng.integers(0, image.shape[0] - side))
-        x = int(rng.integers(0, image.shape[1] - side))
-        crop = image[y : y + side, x : x + side]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        Image.fromarray(np.ascontiguousarray(crop)).save(f"{folder}/{i:04d}.png")
 
 
 def build(root: str, train_images: int) -> str:
@@ -60,7 +43,7 @@ def build(root: str, train_images: int) -> str:
     for split, paths, count, seed in (("train", train, train_images, 0),
                                       ("validation", held, 40, 1)):  # fmt: skip
         folder = os.path.join(root, f"structural_mask_images_{train_images}", split)
-        _crops(paths, count, folder, seed)
+        photos.write_crops(folder, count, seed=seed, sides=(48, 160), paths=paths, flip=True)
         run_pipeline(output_dir=out, cfg=REPRESENTATION, image_glob=f"{folder}/*.png",
                      split=split, num_shards=4, overwrite=True)  # fmt: skip
     return out

@@ -56,3 +56,42 @@ def gray_photo_paths() -> list[str]:
 def load_rgb(path: str) -> np.ndarray:
     """Reads an image file as a uint8 HxWx3 RGB array (with `dct_gen.images.read_image`)."""
     return images.read_image(path)
+
+
+def write_crops(
+    folder: str,
+    count: int,
+    *,
+    seed: int,
+    sides: tuple[int, int] = (24, 64),
+    paths: list[str] | None = None,
+    flip: bool = False,
+) -> list[str]:
+    """Writes `count` square PNG crops of the photos (cycling through them) into `folder`.
+
+    Each crop's side is drawn from [sides[0], sides[1]) and its corner uniformly, from a
+    generator seeded with `seed`, so the same call writes the same files. With `flip`, about
+    half the crops are mirrored left to right. Returns the paths written, in order.
+    """
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = color_photo_paths() if paths is None else list(paths)
+    written = []
+    for i in range(count):
+        image = load_rgb(paths[i % len(paths)])
+        side = int(rng.integers(*sides))
+        y = int(rng.integers(0, image.shape[0] - side))
+        x = int(rng.integers(0, image.shape[1] - side))
+        crop = image[y : y + side, x : x + side]
+        if flip and rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out = os.path.join(folder, f"{i:04d}.png")
+        _save_png(crop, out)
+        written.append(out)
+    return written
+
+
+def _save_png(image: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(image)).save(path)

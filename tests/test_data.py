@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
-from PIL import Image
 
 from beam_jobs.build_dataset import run_pipeline
 from dct_gen import data, photos, records
@@ -19,23 +18,10 @@ CHUNK, OVERLAP = 64, 16
 WINDOW = CHUNK + OVERLAP
 
 
-def _write_crops(folder: str, count: int, seed: int) -> None:
-    """Square crops of the bundled photos, of varied sizes, so sequence lengths vary."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = photos.color_photo_paths()
-    for i in range(count):
-        image = photos.load_rgb(paths[i % len(paths)])
-        side = int(rng.integers(24, 64))
-        y = int(rng.integers(0, image.shape[0] - side))
-        x = int(rng.integers(0, image.shape[1] - side))
-        Image.fromarray(image[y : y + side, x : x + side]).save(f"{folder}/{i:02d}.png")
-
-
 def _build(tmp, ordering: str) -> str:
     images, out = os.path.join(tmp, "images"), os.path.join(tmp, ordering)
     if not os.path.isdir(images):
-        _write_crops(images, 16, seed=0)
+        photos.write_crops(images, 16, seed=0)
     cfg = DCTConfig(block_size=8, quality=75, resolution=64, ordering=ordering)
     run_pipeline(output_dir=out, cfg=cfg, image_glob=f"{images}/*.png", num_shards=2)
     return out

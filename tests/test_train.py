@@ -17,7 +17,6 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from beam_jobs.build_dataset import run_pipeline
 from dct_gen import configs, photos, train
@@ -26,18 +25,6 @@ from dct_gen.representation import DCTConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN = "experiments/test.gin"
 PEAK = 1e11  # a fixed MFU denominator: tests skip the peak measurement
-
-
-def _write_crops(folder: str, count: int, seed: int) -> None:
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = photos.color_photo_paths()
-    for i in range(count):
-        image = photos.load_rgb(paths[i % len(paths)])
-        side = int(rng.integers(24, 64))
-        y = int(rng.integers(0, image.shape[0] - side))
-        x = int(rng.integers(0, image.shape[1] - side))
-        Image.fromarray(image[y : y + side, x : x + side]).save(f"{folder}/{i:02d}.png")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +38,7 @@ def data_dir(tmp_path_factory):
     out = os.path.join(tmp, "data")
     for split, count, seed in (("train", 16, 0), ("validation", 4, 1)):
         images = os.path.join(tmp, split)
-        _write_crops(images, count, seed)
+        photos.write_crops(images, count, seed=seed)
         run_pipeline(
             output_dir=out, cfg=cfg, image_glob=f"{images}/*.png", split=split, num_shards=2
         )
