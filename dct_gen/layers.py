@@ -536,8 +536,11 @@ class ChunkPositionEmbedding(keras.layers.Layer):
     def call(self, x, offset=0):
         # (b, t, d) -> (b, t, d); offset: index of x[:, 0] in the window (cached decoding).
         t = ops.shape(x)[1]
-        table = ops.slice(self.table, (offset, 0), (t, self.hidden_size))
+        table = ops.slice(ops.convert_to_tensor(self.table), (offset, 0), (t, self.hidden_size))
         return x + ops.cast(table, x.dtype)[None]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "window": self.window, "hidden_size": self.hidden_size}
