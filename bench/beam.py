@@ -31,8 +31,8 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beam_jobs import build_dataset, images  # noqa: E402
-from dct_gen import photos, records  # noqa: E402
+from beam_jobs import build_dataset  # noqa: E402
+from dct_gen import images, photos, records  # noqa: E402
 from dct_gen.representation import DCTConfig, encode  # noqa: E402
 
 
