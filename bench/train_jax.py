@@ -23,7 +23,6 @@ import os
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -98,6 +97,8 @@ def main() -> None:
         write_batch(args.config, args.batch_file, args.write_batch)
         return
 
+    # Keras reads its backend once, at import: set it first (nothing above imported Keras).
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     import jax
     import jax.numpy as jnp
     import keras
