@@ -270,3 +270,31 @@ def encode(image: np.ndarray, cfg: rep.DCTConfig) -> rep.DCTSequence:
         _FRONT_ENDS[key] = tf.function(fn, jit_compile=True, reduce_retracing=False)
     planes = [p.numpy() for p in _FRONT_ENDS[key](tf.constant(rgb))]
     return rep.triples_from_planes(planes, height, width, cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense DCT image -> triples (the inverse of `dct_image_from_triples`).
+
+
+def triples_from_dct_image(dense, cfg: rep.DCTConfig, channels=None):
+    """The non-zero coefficients of one dense (G, G, 3B^2) image as triples, in the ordering.
+
+    Args:
+      dense: int tensor (G, G, 3B^2).
+      cfg: the representation (its ordering sets the channel order).
+      channels: optional channel ids, a subset; default every channel. They are emitted in the
+        ordering's rank, within a channel positions ascending, as `representation.encode` does.
+
+    Returns:
+      channels, positions, values: int32 tensors (L,).
+    """
+    order = rep.channel_order(cfg.block_size, cfg.ordering, cfg.interval)
+    if channels is not None:
+        wanted = set(int(c) for c in channels)
+        order = np.array([c for c in order if int(c) in wanted], np.int64)
+    g = cfg.grid
+    flat = tf.reshape(tf.cast(dense, tf.int32), [g * g, 3 * cfg.channels_per_plane])
+    by_channel = tf.transpose(tf.gather(flat, tf.constant(order, tf.int32), axis=1))  # (k, G^2)
+    where = tf.cast(tf.where(by_channel != 0), tf.int32)  # row-major: rank, then position
+    ids = tf.gather(tf.constant(order, tf.int32), where[:, 0])
+    return ids, where[:, 1], tf.gather_nd(by_channel, where)

@@ -64,6 +64,7 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
+RUN_CONFIG_FILE = "config.json"
 COMPONENTS = ("channel", "position", "value")
 
 
@@ -327,11 +328,14 @@ def _checkpoint_numbers(directory: str) -> list[int]:
     return sorted(numbers, reverse=True)
 
 
-def restore_latest(checkpoint, directory: str, log: Callable[[str], None] = print) -> int | None:
+def restore_latest(
+    checkpoint, directory: str, log: Callable[[str], None] = print, partial: bool = False
+) -> int | None:
     """Restores the newest checkpoint that restores; returns its number, None when there is none.
 
     A checkpoint that fails (missing index, truncated or corrupt data) is reported and the next
     older one is tried. Raises NoValidCheckpointError when checkpoints exist but none restores.
+    partial: `checkpoint` holds only part of what was saved (the model without the optimizer).
     """
     import tensorflow as tf
 
@@ -342,7 +346,9 @@ def restore_latest(checkpoint, directory: str, log: Callable[[str], None] = prin
         try:
             if not tf.io.gfile.exists(path + ".index"):
                 raise FileNotFoundError(f"{path}.index is missing")
-            checkpoint.restore(path).assert_existing_objects_matched()
+            status = checkpoint.restore(path).assert_existing_objects_matched()
+            if partial:
+                status.expect_partial()
         except Exception as e:  # a damaged file fails in many ways (OpError, IndexError, ...)
             message = str(e).strip().splitlines()[0][:300]
             failures.append(f"{path}: {message}")
@@ -357,6 +363,85 @@ def restore_latest(checkpoint, directory: str, log: Callable[[str], None] = prin
             "step 0 (move them away to start afresh): " + "; ".join(failures)
         )
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# A trained run, for sampling, evaluation and export.
+
+
+def save_run_config(model_dir: str, model_config, train_config) -> None:
+    """Writes model_dir/config.json: the model and train configs as plain JSON, so a run can be
+    rebuilt without gin (`load_run`). A run that already has one must not change it."""
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    text = json.dumps(
+        {
+            "model_config": dataclasses.asdict(model_config),
+            "train_config": dataclasses.asdict(train_config),
+        },
+        indent=2,
+        sort_keys=True,
+    )
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != json.loads(text):
+            raise ValueError(
+                f"{path} holds another configuration than this run's; use a new --model_dir "
+                "(or delete the old run) to train a different model"
+            )
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(text + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_run_config(model_dir: str):
+    """(ModelConfig, TrainConfig) from model_dir/config.json; errors name the file."""
+    from dct_gen import configs
+    from dct_gen import model as model_lib
+    from dct_gen.representation import DCTConfig
+
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"--model_dir {model_dir}: no such directory")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} is missing: {model_dir} is not a run directory of dct_gen.train"
+        )
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        mc = dict(raw["model_config"])
+        mc["dct"] = DCTConfig.from_dict(mc["dct"])
+        return model_lib.ModelConfig(**mc), configs.TrainConfig(**raw["train_config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a valid run configuration ({e})") from e
+
+
+def load_run(model_dir: str, log: Callable[[str], None] = print):
+    """Rebuilds a trained model from its run directory and restores its newest checkpoint.
+
+    Returns (model, model_config, train_config, step). The model is built in float32 (the
+    weights of a bfloat16 run are float32 variables). Raises FileNotFoundError when model_dir
+    has no config.json or no checkpoint, NoValidCheckpointError when none restores.
+    """
+    import keras
+    import tensorflow as tf
+
+    from dct_gen import model as model_lib
+
+    model_config, train_config = read_run_config(model_dir)
+    directory = os.path.join(model_dir, CHECKPOINT_DIR)
+    if not _checkpoint_numbers(directory):
+        raise FileNotFoundError(f"{directory}: no checkpoint to load (train the run first)")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = model_lib.build_model(model_config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    number = restore_latest(tf.train.Checkpoint(model=model), directory, log, partial=True)
+    return model, model_config, train_config, int(number)
 
 
 def _truncate_jsonl(path: str, after_step: int) -> None:
@@ -501,6 +586,7 @@ def train(
         else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
     )
     os.makedirs(model_dir, exist_ok=True)
+    save_run_config(model_dir, model_config, train_config)
     checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
     compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
     previous_policy = keras.config.dtype_policy()
