@@ -51,6 +51,13 @@ flags.DEFINE_string("eval_split", None, "Held-out split to evaluate (none: no ev
 flags.DEFINE_integer("eval_every", 1000, "Evaluate every N steps (and at the end).")
 flags.DEFINE_integer("eval_batches", None, "Evaluate at most N batches (default: the whole split).")
 flags.DEFINE_integer("log_every", 50, "Log metrics every N steps.")
+flags.DEFINE_integer(
+    "sample_every", 0, "Log sample grids and heatmaps to TensorBoard every N steps (0: never)."
+)
+flags.DEFINE_integer("num_tb_samples", 4, "Samples per TensorBoard grid.")
+flags.DEFINE_integer(
+    "sample_max_chunks", None, "Chunk limit of the TensorBoard samples (default: none)."
+)
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_integer("seed", 0, "Seed of the initialisation, dropout and the input pipeline.")
@@ -371,7 +378,7 @@ def restore_latest(
 
 def save_run_config(model_dir: str, model_config, train_config) -> None:
     """Writes model_dir/config.json: the model and train configs as plain JSON, so a run can be
-    rebuilt without gin (`load_run`). A run that already has one must not change it."""
+    rebuilt without gin (`load_run`). A resumed run rewrites it with its own configs."""
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
     text = json.dumps(
         {
@@ -381,15 +388,6 @@ def save_run_config(model_dir: str, model_config, train_config) -> None:
         indent=2,
         sort_keys=True,
     )
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != json.loads(text):
-            raise ValueError(
-                f"{path} holds another configuration than this run's; use a new --model_dir "
-                "(or delete the old run) to train a different model"
-            )
-        return
     with open(path + ".tmp", "w") as f:
         f.write(text + "\n")
     os.replace(path + ".tmp", path)
@@ -426,7 +424,6 @@ def load_run(model_dir: str, log: Callable[[str], None] = print):
     has no config.json or no checkpoint, NoValidCheckpointError when none restores.
     """
     import keras
-    import tensorflow as tf
 
     from dct_gen import model as model_lib
 
@@ -440,8 +437,31 @@ def load_run(model_dir: str, log: Callable[[str], None] = print):
         model = model_lib.build_model(model_config)
     finally:
         keras.config.set_dtype_policy(previous)
-    number = restore_latest(tf.train.Checkpoint(model=model), directory, log, partial=True)
+    number = restore_latest(model_checkpoint(model), directory, log, partial=True)
     return model, model_config, train_config, int(number)
+
+
+def model_checkpoint(model):
+    """A tf.train.Checkpoint that reads a model's variables, and nothing else, out of a
+    training checkpoint.
+
+    `train` saves Checkpoint(model=, optimizer=, state=, tokens_seen=, data=). The Keras 3
+    model's own trackable graph reaches only some of its variables (most weights of the custom
+    layers are not tracked children), so Checkpoint(model=m) would restore only those. Every
+    trainable variable is an element of the optimizer's `_trainable_variables` list (in
+    `model.trainable_variables` order) and every other one an element of `state` (in
+    `model.variables` order): this object mirrors exactly those two paths, without building
+    the optimizer or its slots, so that `assert_existing_objects_matched` proves that every
+    variable was read.
+    """
+    import tensorflow as tf
+
+    trainable = list(model.trainable_variables)
+    ids = {id(v) for v in trainable}
+    state = [v for v in model.variables if id(v) not in ids]
+    return tf.train.Checkpoint(
+        optimizer=tf.train.Checkpoint(_trainable_variables=trainable), state=state
+    )
 
 
 def _truncate_jsonl(path: str, after_step: int) -> None:
@@ -516,6 +536,9 @@ def train(
     tpu: str | None = None,
     peak_flops: float | None = None,
     step_callback: Callable[[int, dict], None] | None = None,
+    sample_every: int = 0,
+    num_samples: int = 4,
+    sample_max_chunks: int | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Trains a DCTransformer on data_dir, resuming from model_dir when it holds checkpoints.
@@ -537,6 +560,10 @@ def train(
       strategy: a tf.distribute strategy; None: `make_strategy(tpu)`.
       peak_flops: peak FLOP/s per replica for MFU; None: `measure_peak_flops` once.
       step_callback: called as step_callback(step, metrics) after every step (host values).
+      sample_every: every N steps (and at the end), sample num_samples images and log their
+        grid and heatmaps to TensorBoard (train/samples, train/heatmaps); 0: never. Runs with
+        target_part 'chroma' (colorization) do not sample unconditionally and log none.
+      sample_max_chunks: the chunk limit of those samples (None: none).
       log: where console lines go.
 
     Returns:
@@ -549,6 +576,7 @@ def train(
     """
     # ---- Setup: configs against the data, strategy, precision, seeds.
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from dct_gen import configs, data, records
@@ -570,6 +598,11 @@ def train(
             raise ValueError(f"{name}={value}: must be positive")
     if eval_split is not None and eval_every < 1:
         raise ValueError(f"eval_every={eval_every}: must be positive")
+    if sample_every < 0 or num_samples < 1:
+        raise ValueError(
+            f"sample_every={sample_every}, num_samples={num_samples}: sample_every must be >= 0 "
+            "(0: never) and num_samples >= 1"
+        )
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -714,6 +747,50 @@ def train(
             )
             return record
 
+        samplers = []
+
+        def log_samples(at_step: int) -> None:
+            """Unconditional samples to TensorBoard: the grid and the heatmaps."""
+            from dct_gen import sample as sample_lib
+
+            start = time.perf_counter()
+            if not samplers:
+                samplers.append(sample_lib.Sampler(model, model_config))
+            max_chunks = sample_max_chunks or sample_lib.default_max_chunks(model_config)
+            labels = None
+            if model_config.num_classes:
+                labels = np.arange(num_samples) % model_config.num_classes
+            samples = sample_lib.sample_batches(
+                samplers[0],
+                num_samples,
+                labels=labels,
+                options=sample_lib.SampleOptions(max_chunks=max_chunks),
+                seed=seed + at_step,
+            )
+            images = [sample_lib._enlarge(im, 128) for im in samples.images()]
+            maps = [
+                sample_lib._enlarge(sample_lib.heatmap(s, model_config.dct), 128)
+                for s in samples.sequences
+            ]
+            with train_writer.as_default(step=at_step):
+                tf.summary.image("samples", sample_lib.grid(images)[None], step=at_step)
+                tf.summary.image("heatmaps", sample_lib.grid(maps)[None], step=at_step)
+                tf.summary.scalar(
+                    "samples/mean_triples",
+                    float(np.mean([len(q) for q in samples.sequences])),
+                    step=at_step,
+                )
+            train_writer.flush()
+            log(
+                f"samples at step {at_step}: {num_samples} logged to TensorBoard, "
+                f"{int(samples.finished.sum())} reached their stop token "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
+
+        if sample_every and train_config.target_part != "all":
+            log("sample_every: a colorization run (target_part 'chroma') logs no samples")
+            sample_every = 0
+
         # ---- Loop.
         last_metrics, last_eval = {}, {}
         sums = collections.defaultdict(float)
@@ -782,6 +859,8 @@ def train(
                 # ---- Evaluate.
                 if eval_split is not None and (step % eval_every == 0 or step == total_steps):
                     last_eval = run_eval(step)
+                if sample_every and (step % sample_every == 0 or step == total_steps):
+                    log_samples(step)
                     window_start = time.perf_counter()
 
                 # ---- Save.
@@ -847,6 +926,9 @@ def main(argv):
             train_split=FLAGS.train_split,
             eval_split=FLAGS.eval_split,
             eval_every=FLAGS.eval_every,
+            sample_every=FLAGS.sample_every,
+            num_samples=FLAGS.num_tb_samples,
+            sample_max_chunks=FLAGS.sample_max_chunks,
             eval_batches=FLAGS.eval_batches,
             log_every=FLAGS.log_every,
             checkpoint_every=FLAGS.checkpoint_every,

@@ -77,7 +77,8 @@ def _metrics(model_dir):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """30 steps with checkpoints every 10 and evaluations at 15 and 30."""
+    """30 steps with checkpoints every 10, evaluations at 15 and 30, and TensorBoard samples at
+    30."""
     model_dir = str(tmp_path_factory.mktemp("run"))
     lines = []
     result = _run(
@@ -88,6 +89,9 @@ def trained(data_dir, tmp_path_factory):
         checkpoint_every=10,
         eval_split="validation",
         eval_every=15,
+        sample_every=30,
+        num_samples=2,
+        sample_max_chunks=2,
     )
     return model_dir, result, lines
 
@@ -133,6 +137,10 @@ def test_loss_goes_down_and_logs_are_written(trained):
                 for value in event.summary.value:
                     tags.setdefault(part, set()).add(value.tag)
     assert {"loss", "value_bits_per_subpixel", "learning_rate", "grad_norm", "mfu"} <= tags["train"]
+    assert {"samples", "heatmaps", "samples/mean_triples"} <= tags["train"]
+    assert sum("samples at step 30: 2 logged" in line for line in lines) == 1
+    with open(os.path.join(model_dir, train.RUN_CONFIG_FILE)) as f:
+        assert json.load(f)["model_config"]["dct"]["block_size"] == 4
     assert {"bits_per_subpixel", "chunk_0/position_bits_per_subpixel"} <= tags["eval"]
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[-1] == "ckpt-30.index"
 

@@ -1,0 +1,698 @@
+"""Evaluating a trained run: `python -m dct_gen.evaluate --model_dir M --data_dir D`.
+
+Two kinds of figures, each computed when its inputs are given:
+
+- Exact bits per subpixel of a held-out split (--data_dir, --split): the run's model is rebuilt
+  from its operative gin config, its newest checkpoint restored (`load_run`), and
+  `dct_gen.train.evaluate`, the training loop's own evaluator, scores every chunk of every
+  sequence. For the same checkpoint and split the figures equal the run's eval.jsonl line.
+- Sample metrics (--samples_dir, a folder of generated images): FID, sFID, precision and recall
+  (k = 3) against the training set (--reference_data_dir, --reference_split), on Inception-v3
+  features (`dct_gen.metrics`, weights from --inception_weights). The reference statistics are
+  cached (--reference_cache) and recomputed when what they describe changes. Generating samples
+  is the sampler's job (`dct_gen.sample`); `generate_samples` is where it plugs in.
+
+Outputs:
+
+- JSON (--out, default MODEL_DIR/evaluation.json): {"model_dir", "likelihood": {...},
+  "samples": {...}}; each section names the checkpoint step it describes. A section this call
+  does not compute is kept from an existing file of the same run.
+- TensorBoard scalars under MODEL_DIR/evaluate/: `evaluate/<split>` holds bits per subpixel
+  (total, per component, per chunk index; the tags of the training run's eval/ events, so
+  TensorBoard overlays the two), `evaluate/samples` holds fid, sfid, precision and recall.
+
+`load_run(model_dir)` is the reusable piece (the sampler and the exporter load runs with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dct_gen import metrics, train
+
+DEFAULT_OUT = "evaluation.json"
+SUMMARY_DIR = "evaluate"
+DEFAULT_SPLIT = "validation"
+DEFAULT_REFERENCE_SPLIT = "train"
+DEFAULT_NUM_SAMPLES = 50_000  # the paper's sample count
+
+
+class RunDirectoryError(FileNotFoundError):
+    """model_dir is not a trained run: missing, no operative_config.gin, or no checkpoint."""
+
+
+class UsageError(ValueError):
+    """Bad or contradictory flags; the message names them."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a trained run.
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run: its model with a checkpoint restored, and its configs.
+
+    Unpacks as (model, model_config, dct_config, train_config).
+
+    Attributes:
+      model: the Keras model (`dct_gen.model.build_model`), built in `strategy`'s scope.
+      model_config, dct_config, train_config: from the run's operative_config.gin.
+      model_dir: the run directory.
+      checkpoint: the restored checkpoint's path prefix (model_dir/checkpoints/ckpt-N).
+      step: its training step N.
+      strategy: the tf.distribute strategy the model's variables live in.
+    """
+
+    model: Any
+    model_config: Any
+    dct_config: Any
+    train_config: Any
+    model_dir: str
+    checkpoint: str
+    step: int
+    strategy: Any
+
+    def __iter__(self):
+        return iter((self.model, self.model_config, self.dct_config, self.train_config))
+
+
+def read_run_configs(model_dir: str):
+    """(model_config, dct_config, train_config) of a run: from its config.json (which every
+    `dct_gen.train.train` run writes), else from its operative_config.gin.
+
+    Reading the gin file clears gin's global configuration before and after (the configs come
+    back as plain objects, so nothing else needs gin).
+
+    Raises:
+      RunDirectoryError: model_dir or its operative_config.gin does not exist.
+      ValueError: the file does not parse with this version of dct_gen.
+    """
+    import gin
+    import tensorflow as tf
+
+    from dct_gen import configs
+
+    if not tf.io.gfile.isdir(model_dir):
+        raise RunDirectoryError(f"run directory {model_dir} does not exist")
+    if tf.io.gfile.exists(os.path.join(model_dir, train.RUN_CONFIG_FILE)):
+        model_config, train_config = train.read_run_config(model_dir)
+        return model_config, model_config.dct, train_config
+    path = os.path.join(model_dir, train.OPERATIVE_CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise RunDirectoryError(
+            f"{path} does not exist: {model_dir} is not a run directory of "
+            f"`python -m dct_gen.train`, which writes {train.OPERATIVE_CONFIG_FILE} when it starts"
+        )
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    gin.clear_config()
+    try:
+        gin.parse_config(text)
+        return configs.model_config(), configs.dct_config(), configs.train_config()
+    except Exception as e:  # gin reports unknown keys, bad values, ... in many types
+        raise ValueError(f"{path} does not parse with this version of dct_gen: {e}") from e
+    finally:
+        gin.clear_config()
+
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+    """Steps of the checkpoints in model_dir/checkpoints, newest first (any file counts)."""
+    return train._checkpoint_numbers(os.path.join(model_dir, train.CHECKPOINT_DIR))
+
+
+def load_run(
+    model_dir: str,
+    *,
+    checkpoint: int | None = None,
+    strategy=None,
+    mixed_precision: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> LoadedRun:
+    """Rebuilds a trained run's model from its operative gin config and restores a checkpoint.
+
+    Args:
+      model_dir: a run directory written by `python -m dct_gen.train`.
+      checkpoint: the step of the checkpoint to restore; None: the newest that restores (a
+        damaged newest one is reported and an older one used, as training resumes).
+      strategy: build the model in this strategy's scope; None: the default strategy.
+      mixed_precision: build under mixed_bfloat16 (True) or float32 (False); None: as the run
+        trained (train_config.mixed_precision), so evaluation repeats training's numerics.
+      log: where notes go.
+
+    Returns:
+      A LoadedRun; `model, model_config, dct_config, train_config = load_run(d)` unpacks it.
+
+    Raises:
+      RunDirectoryError: no such directory, no operative_config.gin, no checkpoint (or not the
+        one asked for), or none that restores into the model the config describes.
+      ValueError: operative_config.gin does not parse.
+    """
+    import keras
+    import tensorflow as tf
+
+    from dct_gen import model as model_lib
+
+    model_config, dct_config, train_config = read_run_configs(model_dir)
+    directory = os.path.join(model_dir, train.CHECKPOINT_DIR)
+    steps = checkpoint_steps(model_dir)
+    if not steps:
+        raise RunDirectoryError(
+            f"no checkpoint in {directory}: the run has not saved one yet (training saves every "
+            "--checkpoint_every steps and at its last step)"
+        )
+    if checkpoint is not None and checkpoint not in steps:
+        raise RunDirectoryError(f"{directory} has no checkpoint {checkpoint}; it has {steps}")
+    strategy = strategy or tf.distribute.get_strategy()
+    mixed = train_config.mixed_precision if mixed_precision is None else mixed_precision
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if mixed else "float32")
+    try:
+        with strategy.scope():
+            model = model_lib.build_model(model_config)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    target = train.model_checkpoint(model)
+    if checkpoint is None:
+        try:
+            step = train.restore_latest(target, directory, log, partial=True)
+        except train.NoValidCheckpointError as e:
+            raise RunDirectoryError(
+                f"no checkpoint in {directory} restores into the model that "
+                f"{train.OPERATIVE_CONFIG_FILE} describes: {e}"
+            ) from e
+    else:
+        path = os.path.join(directory, f"ckpt-{checkpoint}")
+        try:
+            target.restore(path).assert_existing_objects_matched().expect_partial()
+        except Exception as e:  # a damaged or mismatched checkpoint fails in many ways
+            message = str(e).strip().splitlines()[0][:300]
+            raise RunDirectoryError(f"checkpoint {path} does not restore: {message}") from e
+        step = checkpoint
+    path = os.path.join(directory, f"ckpt-{step}")
+    log(f"restored {path} ({model.count_params():,} parameters)")
+    return LoadedRun(
+        model=model,
+        model_config=model_config,
+        dct_config=dct_config,
+        train_config=train_config,
+        model_dir=model_dir,
+        checkpoint=path,
+        step=int(step),
+        strategy=strategy,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The two evaluations.
+
+
+def default_split(model_dir: str) -> str:
+    """The split the run evaluated during training (eval.jsonl's last line), else 'validation'."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, train.EVAL_FILE)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        for line in reversed(lines):
+            try:
+                split = json.loads(line).get("split")
+            except json.JSONDecodeError:
+                continue
+            if split:
+                return split
+    return DEFAULT_SPLIT
+
+
+def likelihood(
+    run: LoadedRun,
+    *,
+    data_dir: str,
+    split: str,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Exact bits per subpixel of a split under the run's model: `dct_gen.train.evaluate`'s
+    (name, value) pairs as a dict (total, per component, per chunk index, counts).
+
+    Args:
+      run: from `load_run`.
+      data_dir: a beam_jobs dataset in the run's representation (checked against info.json).
+      split: the held-out split.
+      batch_size: chunks per step (default: the run's batch size; the figures do not depend
+        on it); must split over the strategy's replicas.
+      max_batches: score only a prefix of the split (the result is then partial).
+    """
+    from dct_gen import configs, records
+
+    configs.check_dct_config(
+        run.dct_config, records.representation_from_info(records.read_info(data_dir))
+    )
+    batch_size = batch_size or run.train_config.batch_size
+    replicas = run.strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"batch size {batch_size} does not split over {replicas} replicas")
+    eval_step = train.make_eval_step(run.strategy, run.model, run.model_config.dct)
+    return dict(
+        train.evaluate(
+            run.strategy,
+            eval_step,
+            data_dir=data_dir,
+            split=split,
+            batch_size=batch_size,
+            chunk_size=run.train_config.chunk_size,
+            overlap=run.train_config.overlap,
+            target_part=run.train_config.target_part,
+            max_batches=max_batches,
+        )
+    )
+
+
+def generate_samples(run: LoadedRun, *, num_samples: int, out_dir: str) -> str:
+    """Where sampling plugs into evaluation: writes num_samples PNG samples of the run's model
+    into out_dir and returns it, for `sample_metrics(samples_dir=out_dir)`.
+
+    Not provided here: `dct_gen.sample` generates samples. Until it is wired in, write them
+    with the sampler and pass the folder as --samples_dir.
+    """
+    raise NotImplementedError(
+        "generating samples from evaluate is not wired in yet: write them with the sampler "
+        "(dct_gen.sample) and pass the folder as --samples_dir"
+    )
+
+
+def default_reference_cache(model_dir: str, split: str, num_images: int) -> str:
+    return os.path.join(model_dir, SUMMARY_DIR, f"reference_{split}_{num_images}.npz")
+
+
+def sample_metrics(
+    *,
+    samples_dir: str,
+    reference_data_dir: str,
+    reference_split: str,
+    extractor,
+    num_samples: int,
+    num_reference: int | None = None,
+    reference_cache: str | None = None,
+    k: int = metrics.NEAREST_K,
+    batch_size: int = 50,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """FID, sFID, precision and recall of the first num_samples images of samples_dir (sorted
+    by name) against the first num_reference images (default num_samples) of a dataset split.
+
+    Raises:
+      ValueError: fewer images than asked for, in either set.
+      FileNotFoundError: no such folder, dataset or split.
+    """
+    num_reference = num_reference or num_samples
+    files = metrics.image_files(samples_dir)
+    if len(files) < num_samples:
+        raise ValueError(f"{samples_dir} holds {len(files)} images, fewer than {num_samples}")
+    start = time.perf_counter()
+    reference = metrics.reference_statistics(
+        extractor,
+        data_dir=reference_data_dir,
+        split=reference_split,
+        num_images=num_reference,
+        cache_path=reference_cache,
+        batch_size=batch_size,
+        log=log,
+    )
+    samples = metrics.image_statistics(
+        metrics.read_images(files[:num_samples]),
+        extractor,
+        num_images=num_samples,
+        batch_size=batch_size,
+        log=log,
+    )
+    result = metrics.compute_metrics(samples, reference, k=k)
+    result.update(
+        samples_dir=samples_dir,
+        reference_data_dir=reference_data_dir,
+        reference_split=reference_split,
+        reference_cache=reference_cache,
+        extractor=getattr(extractor, "name", None),
+        seconds=time.perf_counter() - start,
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs.
+
+
+def _read_json(path: str) -> dict:
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return {}
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            loaded = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _write_json(path: str, value: dict) -> None:
+    import tensorflow as tf
+
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    partial = f"{path}.partial"
+    with tf.io.gfile.GFile(partial, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(partial, path, overwrite=True)
+
+
+def write_summaries(directory: str, step: int, values: dict[str, Any]) -> None:
+    """Numeric values as TensorBoard scalars at `step` in `directory`."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(directory)
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tf.summary.scalar(name, value)
+    writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole evaluation.
+
+
+def run_evaluation(
+    *,
+    model_dir: str,
+    data_dir: str | None = None,
+    split: str | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    checkpoint: int | None = None,
+    samples_dir: str | None = None,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    reference_data_dir: str | None = None,
+    reference_split: str = DEFAULT_REFERENCE_SPLIT,
+    num_reference: int | None = None,
+    reference_cache: str | None = None,
+    inception_weights: str | None = None,
+    extractor=None,
+    feature_batch_size: int = 50,
+    k: int = metrics.NEAREST_K,
+    out: str | None = None,
+    strategy=None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluates a run; writes the JSON and TensorBoard outputs; returns the JSON's content.
+
+    Args:
+      model_dir: the run directory.
+      data_dir: a held-out dataset: bits per subpixel are computed when given.
+      split: its split (None: `default_split(model_dir)`).
+      batch_size, max_batches, checkpoint: see `likelihood` and `load_run`.
+      samples_dir: a folder of generated images: sample metrics are computed when given.
+      num_samples: images of samples_dir used (the paper: 50k).
+      reference_data_dir, reference_split, num_reference: the training set the samples are
+        compared with (reference_data_dir defaults to data_dir; num_reference to num_samples).
+      reference_cache: the .npz of the reference statistics (default
+        MODEL_DIR/evaluate/reference_<split>_<num_reference>.npz).
+      inception_weights: the Inception-v3 weights file (None: Keras' download).
+      extractor: a feature extractor replacing Inception-v3 (see `dct_gen.metrics`).
+      feature_batch_size: images per feature-extractor call.
+      k: the neighbour of precision and recall.
+      out: the JSON path (default MODEL_DIR/evaluation.json).
+      strategy: the tf.distribute strategy of the likelihood evaluation (None: the default).
+      log: where progress lines go.
+
+    Raises:
+      UsageError: nothing to evaluate, or sample metrics without a reference dataset.
+      RunDirectoryError, FileNotFoundError, ValueError, metrics.InceptionWeightsError.
+    """
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(model_dir):
+        raise RunDirectoryError(f"run directory {model_dir} does not exist")
+    if data_dir is None and samples_dir is None:
+        raise UsageError(
+            "nothing to evaluate: give a held-out dataset (bits per subpixel) and/or a folder "
+            "of samples (FID, sFID, precision, recall)"
+        )
+    out = out or os.path.join(model_dir, DEFAULT_OUT)
+    reference_data_dir = reference_data_dir or data_dir
+    num_reference = num_reference or num_samples
+    if samples_dir is not None:
+        if reference_data_dir is None:
+            raise UsageError("sample metrics need a reference dataset (the training set)")
+        # Everything that can fail cheaply fails before the long parts start.
+        files = metrics.image_files(samples_dir)
+        if len(files) < num_samples:
+            raise ValueError(
+                f"{samples_dir} holds {len(files)} images, fewer than the {num_samples} samples "
+                "asked for"
+            )
+        available = metrics.dataset_size(reference_data_dir, reference_split)
+        if available is not None and available < num_reference:
+            raise ValueError(
+                f"split {reference_split!r} of {reference_data_dir} holds {available} images, "
+                f"fewer than the {num_reference} reference images asked for"
+            )
+        reference_cache = reference_cache or default_reference_cache(
+            model_dir, reference_split, num_reference
+        )
+        extractor = extractor or metrics.inception_v3(inception_weights)
+
+    result = _read_json(out)
+    if result.get("model_dir") != model_dir:
+        result = {}
+    result["model_dir"] = model_dir
+    step = None
+    if data_dir is not None:
+        split = split or default_split(model_dir)
+        run = load_run(model_dir, checkpoint=checkpoint, strategy=strategy, log=log)
+        step = run.step
+        start = time.perf_counter()
+        values = likelihood(
+            run, data_dir=data_dir, split=split, batch_size=batch_size, max_batches=max_batches
+        )
+        log(
+            f"step {run.step}: {split} {values['bits_per_subpixel']:.4f} bits per subpixel over "
+            f"{int(values['sequences'])} sequences ({time.perf_counter() - start:.1f} s)"
+        )
+        result["likelihood"] = {
+            "step": run.step,
+            "checkpoint": run.checkpoint,
+            "data_dir": data_dir,
+            "split": split,
+            "partial": max_batches is not None,
+            "batch_size": batch_size or run.train_config.batch_size,
+            **values,
+        }
+        write_summaries(os.path.join(model_dir, SUMMARY_DIR, split), run.step, values)
+    if samples_dir is not None:
+        if step is None:
+            steps = checkpoint_steps(model_dir)
+            step = checkpoint if checkpoint is not None else (steps[0] if steps else 0)
+        values = sample_metrics(
+            samples_dir=samples_dir,
+            reference_data_dir=reference_data_dir,
+            reference_split=reference_split,
+            extractor=extractor,
+            num_samples=num_samples,
+            num_reference=num_reference,
+            reference_cache=reference_cache,
+            k=k,
+            batch_size=feature_batch_size,
+            log=log,
+        )
+        log(
+            f"{values['num_samples']} samples against {values['num_reference']} reference "
+            f"images: FID {values['fid']:.3f}  sFID {values['sfid']:.3f}  precision "
+            f"{values['precision']:.3f}  recall {values['recall']:.3f}"
+        )
+        result["samples"] = {"step": step, **values}
+        write_summaries(
+            os.path.join(model_dir, SUMMARY_DIR, "samples"),
+            step,
+            {name: values[name] for name in ("fid", "sfid", "precision", "recall")},
+        )
+    _write_json(out, result)
+    log(f"wrote {out}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # raise instead of exiting, so main() can be called in-process
+        raise UsageError(f"{message}\n{self.format_usage()}".rstrip())
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be positive")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m dct_gen.evaluate",
+        description="Evaluate a trained run: exact bits per subpixel of a held-out split, and "
+        "FID, sFID, precision and recall of a folder of samples.",
+    )
+    p.add_argument("--model_dir", required=True, help="the run directory (python -m dct_gen.train)")
+    p.add_argument("--out", default=None, help=f"the JSON output (default MODEL_DIR/{DEFAULT_OUT})")
+    p.add_argument("--tpu", default=None, help="a Cloud TPU name or address (TPUStrategy)")
+    g = p.add_argument_group("bits per subpixel")
+    g.add_argument("--data_dir", default=None, help="a held-out dataset (beam_jobs.build_dataset)")
+    g.add_argument(
+        "--split",
+        default=None,
+        help="the split to score (default: the split the run evaluated, from eval.jsonl, "
+        f"else {DEFAULT_SPLIT})",
+    )
+    g.add_argument("--checkpoint", type=_positive, default=None, help="step (default: newest)")
+    g.add_argument(
+        "--batch_size", type=_positive, default=None, help="chunks per step (default: the run's)"
+    )
+    g.add_argument(
+        "--max_batches", type=_positive, default=None, help="score a prefix only (partial)"
+    )
+    g = p.add_argument_group("sample metrics")
+    g.add_argument("--samples_dir", default=None, help="a folder of generated images (PNG, JPEG)")
+    g.add_argument(
+        "--num_samples",
+        type=_positive,
+        default=DEFAULT_NUM_SAMPLES,
+        help="samples used, the first in name order (default %(default)s)",
+    )
+    g.add_argument(
+        "--reference_data_dir",
+        default=None,
+        help="the training set's dataset directory (default: --data_dir)",
+    )
+    g.add_argument(
+        "--reference_split",
+        default=DEFAULT_REFERENCE_SPLIT,
+        help="its split (default %(default)s)",
+    )
+    g.add_argument(
+        "--num_reference",
+        type=_positive,
+        default=None,
+        help="reference images, the first in record order (default: --num_samples)",
+    )
+    g.add_argument(
+        "--reference_cache",
+        default=None,
+        help="the reference statistics' .npz (default MODEL_DIR/evaluate/reference_SPLIT_NUM.npz)",
+    )
+    g.add_argument(
+        "--inception_weights",
+        default=None,
+        help=f"Inception-v3 weights (.h5), e.g. {metrics.INCEPTION_WEIGHTS_FILE} (default: "
+        "Keras' download, which needs network)",
+    )
+    g.add_argument(
+        "--feature_batch_size",
+        type=_positive,
+        default=50,
+        help="images per Inception call (default %(default)s)",
+    )
+    g.add_argument(
+        "--k",
+        type=_positive,
+        default=metrics.NEAREST_K,
+        help="the nearest neighbour of precision and recall (default %(default)s)",
+    )
+    return p
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Cheap checks whose errors name the flag, before anything loads."""
+    import tensorflow as tf
+
+    from dct_gen import records
+
+    if not tf.io.gfile.isdir(args.model_dir):
+        raise RunDirectoryError(f"--model_dir {args.model_dir} does not exist")
+    if args.data_dir is None and args.samples_dir is None:
+        raise UsageError(
+            "nothing to evaluate: give --data_dir (bits per subpixel) and/or --samples_dir "
+            "(FID, sFID, precision, recall)"
+        )
+    for flag in ("data_dir", "reference_data_dir"):
+        path = getattr(args, flag)
+        if path is not None and not tf.io.gfile.exists(records.join(path, records.INFO_FILENAME)):
+            raise FileNotFoundError(
+                f"--{flag} {path} is not a dataset directory (no {records.INFO_FILENAME}; "
+                "write one with python -m beam_jobs.build_dataset)"
+            )
+    if args.samples_dir is not None:
+        if not os.path.isdir(args.samples_dir):
+            raise FileNotFoundError(f"--samples_dir {args.samples_dir} is not a folder")
+        if (args.reference_data_dir or args.data_dir) is None:
+            raise UsageError("--samples_dir needs --reference_data_dir (or --data_dir)")
+        found = len(metrics.image_files(args.samples_dir))
+        if found < args.num_samples:
+            raise ValueError(
+                f"--samples_dir {args.samples_dir} holds {found} images, fewer than "
+                f"--num_samples {args.num_samples}"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 1 bad input, 2 bad flags)."""
+    from dct_gen import data, images
+
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+        _check_flags(args)
+        strategy = train.make_strategy(args.tpu) if args.data_dir else None
+        run_evaluation(
+            model_dir=args.model_dir,
+            data_dir=args.data_dir,
+            split=args.split,
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+            checkpoint=args.checkpoint,
+            samples_dir=args.samples_dir,
+            num_samples=args.num_samples,
+            reference_data_dir=args.reference_data_dir,
+            reference_split=args.reference_split,
+            num_reference=args.num_reference,
+            reference_cache=args.reference_cache,
+            inception_weights=args.inception_weights,
+            feature_batch_size=args.feature_batch_size,
+            k=args.k,
+            out=args.out,
+            strategy=strategy,
+        )
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, images.ImageError, data.ShardReadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
