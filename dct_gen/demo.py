@@ -1,17 +1,26 @@
-"""The `make demo` job: runs the project's steps on an embedded default and says where results are.
+"""The `make demo` job: the whole system on the real photos bundled with scikit-image and
+scikit-learn (nothing is downloaded), in about ten minutes on two CPU cores.
 
-For now the steps show the representation on the real photos bundled with scikit-image and
-scikit-learn (nothing is downloaded):
+Steps (each a function `(out_dir) -> list of written paths`, registered in `STEPS`):
 
-- `stats`: Figure 3 on the colour photos (dense vs sparse DCT vs JPEG bits per subpixel), as a
-  table and a plot.
+- `stats`: Figure 3 on the colour photos (dense vs sparse DCT vs JPEG bits per subpixel).
 - `progressive`: Figure 2g strips (decoded prefixes) for two photos, in both orderings.
 - `roundtrip`: one photo encoded to .npz triples and decoded back to PNG.
+- `data`: the Beam job builds the datasets: random 64-120 px crops of eight photos for
+  training, the whole of the other two held out (`test`); the same again in the luma_first
+  ordering for colorization.
+- `train`: gin/experiments/tiny.gin on the crops (TensorBoard logs and sample grids).
+- `train_colorize`: the tiny model in the luma_first ordering on chroma targets.
+- `evaluate`: exact bits per subpixel on the held-out photos, beside the bits JPEG's optimized
+  Huffman coding spends on the same quantized coefficients.
+- `sample`: a grid of samples with heatmaps and progressive strips; 8x upsampling of the
+  held-out photos at 8 x 8 pixels; colorization of a grey photo.
+- `export`: the SavedModel, and samples drawn from it.
 
-Each step is a function `(out_dir) -> list of written paths`, registered in `STEPS`; later steps
-(training, sampling) are added the same way.
+A step that finished leaves DONE_DIR/<step>; a second run skips it (training itself resumes
+from its checkpoints), so `make demo` can be interrupted and rerun.
 
-    python -m dct_gen.demo --out runs/demo [--steps stats,progressive,roundtrip]
+    python -m dct_gen.demo --out runs/demo [--steps data,train,...] [--redo]
 """
 
 from __future__ import annotations
@@ -22,7 +31,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+from PIL import Image
+
 from dct_gen import codec, photos
+from dct_gen import representation as rep
 
 QUALITIES = (10, 25, 50, 75, 90, 95)
 PROGRESSIVE_PHOTOS = ("astronaut.png", "chelsea.png")
@@ -63,25 +76,244 @@ def step_roundtrip(out_dir: str) -> list[str]:
     return [r["out"] for r in records] + decoded
 
 
+# ----------------------------------------------------------------------------------------------
+# The model: data, training, evaluation, sampling, export.
+
+GIN = "experiments/tiny.gin"
+TRAIN_STEPS = 1500
+COLORIZE_STEPS = 600
+HELD_OUT = ("chelsea.png", "coffee.png")
+
+
+def _dirs(out_dir: str) -> dict[str, str]:
+    return {
+        "data": os.path.join(out_dir, "data"),
+        "data_luma_first": os.path.join(out_dir, "data_luma_first"),
+        "run": os.path.join(out_dir, "run"),
+        "run_colorize": os.path.join(out_dir, "run_colorize"),
+        "images": os.path.join(out_dir, "images"),
+    }
+
+
+def _configs(params: Sequence[str] = ()):
+    import gin
+
+    from dct_gen import configs
+
+    configs.parse([GIN], list(params))
+    try:
+        return configs.dct_config(), configs.model_config(), configs.train_config()
+    finally:
+        gin.clear_config()
+
+
+LUMA_FIRST = ("dct_config.ordering = 'luma_first'", "train_config.target_part = 'chroma'")
+
+
+def step_data(out_dir: str) -> list[str]:
+    """Beam: crops of eight photos for training, two whole photos held out; both orderings."""
+    from beam_jobs.build_dataset import run_pipeline
+
+    d = _dirs(out_dir)
+    all_paths = photos.color_photo_paths()
+    held = [p for p in all_paths if os.path.basename(p) in HELD_OUT]
+    train_paths = [p for p in all_paths if p not in held]
+    crops = os.path.join(d["images"], "train")
+    photos.write_crops(crops, 480, seed=0, sides=(64, 120), paths=train_paths, flip=True)
+    test = os.path.join(d["images"], "test")
+    os.makedirs(test, exist_ok=True)
+    for path in held:
+        photos._save_png(photos.load_rgb(path), os.path.join(test, os.path.basename(path)))
+    written = []
+    for key, params in (("data", ()), ("data_luma_first", LUMA_FIRST[:1])):
+        cfg, _, _ = _configs(params)
+        for split, folder in (("train", crops), ("test", test)):
+            run_pipeline(
+                output_dir=d[key],
+                cfg=cfg,
+                image_glob=f"{folder}/*.png",
+                split=split,
+                num_shards=2,
+                overwrite=True,
+            )
+        written.append(os.path.join(d[key], "info.json"))
+    return written
+
+
+def _train(out_dir: str, key: str, data_key: str, params, steps: int, **kwargs) -> list[str]:
+    from dct_gen import train
+
+    d = _dirs(out_dir)
+    dct, model_config, train_config = _configs(params)
+    result = train.train(
+        model_config=model_config,
+        dct_config=dct,
+        train_config=train_config,
+        data_dir=d[data_key],
+        model_dir=d[key],
+        max_steps=steps,
+        eval_split="test",
+        eval_every=500,
+        log_every=100,
+        checkpoint_every=250,
+        **kwargs,
+    )
+    print(f"   {result.stopped} at step {result.step}", flush=True)
+    return [os.path.join(d[key], name) for name in ("metrics.jsonl", "eval.jsonl", "train")]
+
+
+def step_train(out_dir: str) -> list[str]:
+    """tiny.gin on the crops: about 4 minutes; TensorBoard sample grids every 500 steps."""
+    return _train(out_dir, "run", "data", (), TRAIN_STEPS, sample_every=500, sample_max_chunks=40)
+
+
+def step_train_colorize(out_dir: str) -> list[str]:
+    """The tiny model in the luma_first ordering, trained on chroma targets only."""
+    return _train(out_dir, "run_colorize", "data_luma_first", LUMA_FIRST, COLORIZE_STEPS)
+
+
+def step_evaluate(out_dir: str) -> list[str]:
+    """Exact bits per subpixel on the held-out photos against optimized JPEG's entropy coding
+    of the same coefficients."""
+    import json
+
+    import tensorflow as tf
+
+    from dct_gen import jpeg_baseline, records, train
+
+    d = _dirs(out_dir)
+    model, model_config, _, step = train.load_run(d["run"], log=lambda _: None)
+    strategy = tf.distribute.get_strategy()
+    ours = dict(
+        train.evaluate(
+            strategy,
+            train.make_eval_step(strategy, model, model_config.dct),
+            data_dir=d["data"],
+            split="test",
+            batch_size=8,
+            chunk_size=model_config.chunk_size,
+            overlap=model_config.overlap,
+            target_part="all",
+        )
+    )
+    cfg = model_config.dct
+    jpeg = []
+    for raw in tf.data.TFRecordDataset(records.split_files(d["data"], "test")):
+        t = {k: v.numpy() for k, v in records.parse_example(raw).items()}
+        seq = rep.DCTSequence(
+            t["channels"], t["positions"], t["values"], int(t["height"]), int(t["width"])
+        )
+        jpeg.append(jpeg_baseline.jpeg_bits(seq, cfg)["bits_per_subpixel"])
+    result = {
+        "step": step,
+        "held_out_photos": list(HELD_OUT),
+        "model_bits_per_subpixel": ours["bits_per_subpixel"],
+        "model_channel_bits_per_subpixel": ours["channel_bits_per_subpixel"],
+        "model_position_bits_per_subpixel": ours["position_bits_per_subpixel"],
+        "model_value_bits_per_subpixel": ours["value_bits_per_subpixel"],
+        "jpeg_optimized_bits_per_subpixel": float(np.mean(jpeg)),
+    }
+    result["saving_vs_jpeg"] = 1.0 - result["model_bits_per_subpixel"] / float(np.mean(jpeg))
+    path = os.path.join(out_dir, "evaluation.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(
+        f"   held-out bits per subpixel: model {result['model_bits_per_subpixel']:.4f} "
+        f"(channel {ours['channel_bits_per_subpixel']:.4f}, position "
+        f"{ours['position_bits_per_subpixel']:.4f}, value {ours['value_bits_per_subpixel']:.4f})"
+        f"; optimized JPEG {result['jpeg_optimized_bits_per_subpixel']:.4f}; "
+        f"{100 * result['saving_vs_jpeg']:+.1f}% saving",
+        flush=True,
+    )
+    return [path]
+
+
+def step_sample(out_dir: str) -> list[str]:
+    """Samples with heatmaps, 8x upsampling of the held-out photos, colorization."""
+    from dct_gen import sample
+
+    d = _dirs(out_dir)
+    out = os.path.join(out_dir, "samples")
+    held = [os.path.join(d["images"], "test", name) for name in HELD_OUT]
+    low = []
+    for path in held:  # 8 x 8 pixel versions of the held-out photos
+        image = photos.load_rgb(path)
+        side = min(image.shape[:2])
+        square = image[:side, :side]
+        small = np.asarray(Image.fromarray(square).resize((8, 8), Image.Resampling.LANCZOS))
+        target = os.path.join(out, "inputs", "low_" + os.path.basename(path))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        Image.fromarray(small).save(target)
+        low.append(target)
+    grey = os.path.join(out, "inputs", "grey_" + os.path.basename(held[0]))
+    Image.fromarray(photos.load_rgb(held[0])).convert("L").save(grey)
+    written = []
+    jobs = (
+        ["--model_dir", d["run"], "--num_samples", "16", "--max_chunks", "40", "--top_p", "0.9"],
+        ["upsample", *low, "--model_dir", d["run"], "--num_samples", "3"],
+        ["colorize", grey, "--model_dir", d["run_colorize"], "--num_samples", "3"],
+    )
+    for argv in jobs:
+        files = sample.run(argv + ["--out", out, "--seed", "0"])
+        written += files["grid"] + files.get("comparisons", []) + files["heatmap_grid"]
+    return written
+
+
+def step_export(out_dir: str) -> list[str]:
+    """The SavedModel (sample, log_prob, upsample), and four samples drawn from it."""
+    from dct_gen import export, sample, train
+
+    d = _dirs(out_dir)
+    saved = os.path.join(out_dir, "saved_model")
+    model, model_config, train_config, _ = train.load_run(d["run"], log=lambda _: None)
+    export.export(model, model_config, saved, target_part=train_config.target_part)
+    out = os.path.join(out_dir, "samples_saved_model")
+    files = sample.run(
+        ["--saved_model", saved, "--num_samples", "4", "--out", out, "--seed", "1", "--quiet"]
+    )
+    return [saved] + files["grid"]
+
+
 STEPS: dict[str, Callable[[str], list[str]]] = {
     "stats": step_stats,
     "progressive": step_progressive,
     "roundtrip": step_roundtrip,
+    "data": step_data,
+    "train": step_train,
+    "train_colorize": step_train_colorize,
+    "evaluate": step_evaluate,
+    "sample": step_sample,
+    "export": step_export,
 }
+DONE_DIR = ".done"
 
 
-def run(out_dir: str, steps: Sequence[str] = tuple(STEPS)) -> dict[str, list[str]]:
-    """Runs the named steps in order; returns the files each wrote."""
+def run(
+    out_dir: str, steps: Sequence[str] = tuple(STEPS), redo: bool = False
+) -> dict[str, list[str]]:
+    """Runs the named steps in order, skipping those already done (unless redo); returns the
+    files each wrote (or wrote before)."""
+    import json
+
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"unknown steps {unknown}; known: {list(STEPS)}")
-    os.makedirs(out_dir, exist_ok=True)
+    done_dir = os.path.join(out_dir, DONE_DIR)
+    os.makedirs(done_dir, exist_ok=True)
     written = {}
     for name in steps:
+        marker = os.path.join(done_dir, name)
+        if os.path.exists(marker) and not redo:
+            with open(marker) as f:
+                written[name] = json.load(f)
+            print(f"== {name}: already done (delete {marker} or pass --redo to rerun)")
+            continue
         summary = (STEPS[name].__doc__ or "").strip().split("\n")[0]
         print(f"== {name}: {summary}", flush=True)
         start = time.perf_counter()
         written[name] = STEPS[name](out_dir)
+        with open(marker, "w") as f:
+            json.dump(written[name], f)
         print(f"== {name}: done in {time.perf_counter() - start:.1f} s\n", flush=True)
     return written
 
@@ -96,10 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(STEPS),
         help=f"comma-separated steps to run, in order (default {','.join(STEPS)})",
     )
+    parser.add_argument("--redo", action="store_true", help="rerun steps already done")
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     try:
-        written = run(args.out, steps)
+        written = run(args.out, steps, redo=args.redo)
     except (ValueError, codec.CodecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -107,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, paths in written.items():
         for path in paths:
             print(f"  [{name}] {path}")
+    if "train" in written:
+        print(f"Watch the run: tensorboard --logdir {_dirs(args.out)['run']}")
     return 0
 
 

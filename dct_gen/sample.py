@@ -1019,11 +1019,13 @@ def _read_inputs(paths: list[str]) -> list[np.ndarray]:
 
 def _comparisons(task, inputs, samples, per_image, out_dir, panel=256) -> list[str]:
     """One PNG per input: the input (enlarged), then its samples."""
+    from dct_gen import codec
+
     written = []
     images = samples.images()
+    fit = lambda image: np.asarray(codec._panel(np.asarray(image, np.uint8), panel))
     for i, image in enumerate(inputs):
-        row = [_enlarge(image, panel)]
-        row += [_enlarge(im, panel) for im in images[i * per_image : (i + 1) * per_image]]
+        row = [fit(image)] + [fit(im) for im in images[i * per_image : (i + 1) * per_image]]
         path = os.path.join(out_dir, f"{task}_{i:03d}_comparison.png")
         written.append(_save(grid(row, columns=len(row)), path))
     return written
