@@ -3,14 +3,16 @@
 Two kinds of figures, each computed when its inputs are given:
 
 - Exact bits per subpixel of a held-out split (--data_dir, --split): the run's model is rebuilt
-  from its operative gin config, its newest checkpoint restored (`load_run`), and
+  from its config.json (else operative_config.gin), its newest checkpoint restored
+  (`load_run`), and
   `dct_gen.train.evaluate`, the training loop's own evaluator, scores every chunk of every
   sequence. For the same checkpoint and split the figures equal the run's eval.jsonl line.
 - Sample metrics (--samples_dir, a folder of generated images): FID, sFID, precision and recall
   (k = 3) against the training set (--reference_data_dir, --reference_split), on Inception-v3
   features (`dct_gen.metrics`, weights from --inception_weights). The reference statistics are
   cached (--reference_cache) and recomputed when what they describe changes. Generating samples
-  is the sampler's job (`dct_gen.sample`); `generate_samples` is where it plugs in.
+  come from a folder, or from the run's model first (--generate: `generate_samples`, with
+  `dct_gen.sample`).
 
 Outputs:
 
@@ -276,17 +278,46 @@ def likelihood(
     )
 
 
-def generate_samples(run: LoadedRun, *, num_samples: int, out_dir: str) -> str:
-    """Where sampling plugs into evaluation: writes num_samples PNG samples of the run's model
-    into out_dir and returns it, for `sample_metrics(samples_dir=out_dir)`.
+def generate_samples(
+    run: LoadedRun,
+    *,
+    num_samples: int,
+    out_dir: str,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_chunks: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> str:
+    """Samples num_samples images from the run's model (`dct_gen.sample`, unconditional; a
+    class-conditional model cycles through its labels) and writes them into out_dir as
+    generated_NNNNNN.png; returns out_dir, for `sample_metrics(samples_dir=out_dir)`."""
+    import numpy as np
+    from PIL import Image
 
-    Not provided here: `dct_gen.sample` generates samples. Until it is wired in, write them
-    with the sampler and pass the folder as --samples_dir.
-    """
-    raise NotImplementedError(
-        "generating samples from evaluate is not wired in yet: write them with the sampler "
-        "(dct_gen.sample) and pass the folder as --samples_dir"
+    from dct_gen import sample
+
+    config = run.model_config
+    sampler = sample.Sampler(run.model, config)
+    options = sample.SampleOptions(max_chunks=max_chunks or sample.default_max_chunks(config))
+    labels = np.arange(num_samples) % config.num_classes if config.num_classes else None
+    samples = sample.sample_batches(
+        sampler,
+        num_samples,
+        labels=labels,
+        options=options,
+        seed=seed,
+        batch_size=batch_size,
+        progress=log,
     )
+    os.makedirs(out_dir, exist_ok=True)
+    for i, image in enumerate(samples.images()):
+        Image.fromarray(image).save(os.path.join(out_dir, f"generated_{i:06d}.png"))
+    if log:
+        log(
+            f"wrote {num_samples} samples to {out_dir} ({samples.seconds:.1f} s, "
+            f"{int(samples.finished.sum())} reached their stop token)"
+        )
+    return out_dir
 
 
 def default_reference_cache(model_dir: str, split: str, num_images: int) -> str:
@@ -576,6 +607,19 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sample metrics")
     g.add_argument("--samples_dir", default=None, help="a folder of generated images (PNG, JPEG)")
     g.add_argument(
+        "--generate",
+        action="store_true",
+        help="first sample --num_samples images from the run's model into --samples_dir "
+        "(default MODEL_DIR/evaluate/generated)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="the seed of --generate (default 0)")
+    g.add_argument(
+        "--max_chunks",
+        type=_positive,
+        default=None,
+        help="chunk limit of --generate's samples (default: none)",
+    )
+    g.add_argument(
         "--num_samples",
         type=_positive,
         default=DEFAULT_NUM_SAMPLES,
@@ -631,6 +675,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 
     if not tf.io.gfile.isdir(args.model_dir):
         raise RunDirectoryError(f"--model_dir {args.model_dir} does not exist")
+    if args.generate and args.samples_dir is None:
+        args.samples_dir = os.path.join(args.model_dir, SUMMARY_DIR, "generated")
     if args.data_dir is None and args.samples_dir is None:
         raise UsageError(
             "nothing to evaluate: give --data_dir (bits per subpixel) and/or --samples_dir "
@@ -644,10 +690,12 @@ def _check_flags(args: argparse.Namespace) -> None:
                 "write one with python -m beam_jobs.build_dataset)"
             )
     if args.samples_dir is not None:
-        if not os.path.isdir(args.samples_dir):
+        if not args.generate and not os.path.isdir(args.samples_dir):
             raise FileNotFoundError(f"--samples_dir {args.samples_dir} is not a folder")
         if (args.reference_data_dir or args.data_dir) is None:
             raise UsageError("--samples_dir needs --reference_data_dir (or --data_dir)")
+        if args.generate:
+            return
         found = len(metrics.image_files(args.samples_dir))
         if found < args.num_samples:
             raise ValueError(
@@ -666,6 +714,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         _check_flags(args)
         strategy = train.make_strategy(args.tpu) if args.data_dir else None
+        if args.generate:
+            generate_samples(
+                load_run(args.model_dir, checkpoint=args.checkpoint),
+                num_samples=args.num_samples,
+                out_dir=args.samples_dir,
+                seed=args.seed,
+                max_chunks=args.max_chunks,
+            )
         run_evaluation(
             model_dir=args.model_dir,
             data_dir=args.data_dir,

@@ -250,3 +250,22 @@ def test_bad_input_is_named(run_dir, data_dir, tmp_path, capsys):
     status, err = _main(capsys, *args, "--num_samples", "4", "--inception_weights", weights)
     assert status == 1 and f"--inception_weights {weights} does not exist" in err
     assert metrics.INCEPTION_WEIGHTS_URL in err
+
+
+def test_generated_samples_feed_the_sample_metrics(run_dir, data_dir, tmp_path):
+    run = evaluate.load_run(run_dir, log=lambda _: None)
+    out = str(tmp_path / "generated")
+    evaluate.generate_samples(run, num_samples=5, out_dir=out, max_chunks=3, log=None)
+    files = sorted(os.listdir(out))
+    assert files == [f"generated_{i:06d}.png" for i in range(5)]
+    result = evaluate.run_evaluation(
+        model_dir=run_dir,
+        samples_dir=out,
+        num_samples=5,
+        reference_data_dir=data_dir,
+        num_reference=5,
+        extractor=small_extractor(),
+        out=str(tmp_path / "evaluation.json"),
+        log=lambda _: None,
+    )
+    assert result["samples"]["num_samples"] == 5 and np.isfinite(result["samples"]["fid"])
