@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/libjpeg_agreement.py
 	$(PY) bench/structural_mask.py
+	$(PY) bench/sample.py
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
