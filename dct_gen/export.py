@@ -46,6 +46,7 @@ from dct_gen import representation as rep
 from dct_gen import sample as sample_lib
 
 DEFAULT_MAX_SAMPLES = 64
+MAX_IMAGE_SIDE = 8192  # upsample and colorize refuse larger inputs (they are resized anyway)
 LOG_PROB_CHUNKS = 8  # chunks scored per model call in log_prob
 
 
@@ -220,7 +221,7 @@ class DCTransformerModule(tf.Module):
     def upsample(self, image, seed):
         cfg = self._cfg
         b = cfg.block_size
-        with tf.control_dependencies(self._image_checks(image, (3,), 8 * cfg.resolution)):
+        with tf.control_dependencies(self._image_checks(image, (3,), MAX_IMAGE_SIDE)):
             image = tf.identity(image)
         h, w = _target_size_tf(tf.shape(image)[0] * b, tf.shape(image)[1] * b, cfg)
         low = _resize_uint8(image, h // b, w // b)
@@ -232,7 +233,7 @@ class DCTransformerModule(tf.Module):
 
     def colorize(self, image, seed):
         cfg = self._cfg
-        with tf.control_dependencies(self._image_checks(image, (1, 3), 8 * cfg.resolution)):
+        with tf.control_dependencies(self._image_checks(image, (1, 3), MAX_IMAGE_SIDE)):
             image = tf.identity(image)
 
         def luma():

@@ -67,20 +67,25 @@ class Attention(keras.layers.Layer):
         values = ops.einsum("bsd,dhk->bshk", memory, self.value_kernel)
         return keys, values
 
-    def attend(self, query, keys, values, query_offset=0, training=None):
-        """Attention of query positions (offset in the sequence by query_offset) into keys."""
-        q = ops.einsum("btd,dhk->bthk", query, self.query_kernel) * (self.key_size**-0.5)
+    def attend(self, query, keys, values, query_offset=0, training=None, heads_first=False):
+        """Attention of query positions (offset in the sequence by query_offset) into keys.
+
+        keys, values: (b, s, h, k), or (b, h, s, k) with heads_first (a sampler's cache, laid
+        out so that no step transposes it).
+        """
+        q = ops.einsum("btd,dhk->bhtk", query, self.query_kernel) * (self.key_size**-0.5)
         # Softmax in float32: bfloat16 has 8 bits of mantissa.
-        scores = ops.cast(ops.einsum("bthk,bshk->bhts", q, keys), "float32")
+        key_spec = "bhsk" if heads_first else "bshk"
+        scores = ops.cast(ops.einsum(f"bhtk,{key_spec}->bhts", q, keys), "float32")
         if self.causal:
-            t, s = ops.shape(query)[1], ops.shape(keys)[1]
+            t, s = ops.shape(query)[1], ops.shape(keys)[2 if heads_first else 1]
             rows = ops.arange(t)[:, None] + query_offset
             allowed = rows >= ops.arange(s)[None, :]  # (t, s)
             scores = ops.where(allowed[None, None], scores, MASK_VALUE)
         weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         weights = self.weights_dropout(weights, training=training)
-        out = ops.einsum("bhts,bshk->bthk", weights, values)
-        return ops.einsum("bthk,hkd->btd", out, self.output_kernel) + self.output_bias
+        out = ops.einsum(f"bhts,{key_spec}->bhtk", weights, values)
+        return ops.einsum("bhtk,hkd->btd", out, self.output_kernel) + self.output_bias
 
     def call(self, query, memory=None, training=None):
         # (b, t, d), (b, s, d) -> (b, t, d); memory=None is self-attention.

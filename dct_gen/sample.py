@@ -120,12 +120,26 @@ def _write(buffer, index, value, where):
     return tf.tensor_scatter_nd_update(buffer, idx, tf.where(where, value, old))
 
 
-def _write_cache(cache, update, offset):
-    """cache (b, W, h, k)[:, offset:offset + n] = update (b, n, h, k)."""
-    b, n = tf.shape(update)[0], tf.shape(update)[1]
-    rows = tf.broadcast_to(tf.range(b)[:, None], [b, n])
-    cols = tf.broadcast_to(offset + tf.range(n)[None, :], [b, n])
-    return tf.tensor_scatter_nd_update(cache, tf.stack([rows, cols], axis=-1), update)
+def _write_cache(cache, update, offset, xla: bool = False):
+    """cache (b, h, W, k)[:, :, offset:offset + n] = update (b, n, h, k), transposed.
+
+    Outside XLA a strided-slice update (which writes into the cache's buffer when nothing else
+    holds it); under XLA, whose kernels lack that op, a dynamic-update-slice.
+    """
+    update = tf.transpose(update, [0, 2, 1, 3])
+    if xla:
+        from tensorflow.compiler.tf2xla.python import xla as xla_ops
+
+        zero = tf.zeros([], tf.int32)
+        return xla_ops.dynamic_update_slice(
+            cache, update, tf.stack([zero, zero, tf.cast(offset, tf.int32), zero])
+        )
+    n = tf.shape(update)[2]
+    begin = tf.stack([0, 0, offset, 0])
+    end = tf.stack([tf.shape(cache)[0], tf.shape(cache)[1], offset + n, tf.shape(cache)[3]])
+    return tf.raw_ops.TensorStridedSliceUpdate(
+        input=cache, begin=begin, end=end, strides=tf.ones([4], tf.int32), value=update
+    )
 
 
 class Sampler:
@@ -164,7 +178,8 @@ class Sampler:
         self.rank = tf.constant(
             model_lib.structural_tables(self.dct).rank, tf.int32
         )  # channel -> place in the ordering
-        self.sample_chunk = tf.function(self._chunk, jit_compile=jit_compile)
+        self.jit_compile = bool(jit_compile)
+        self.sample_chunk = tf.function(self._chunk, jit_compile=self.jit_compile)
 
     def _precision(self):
         """Under mixed precision, the scope in which Keras layers cast their float32 variables
@@ -193,14 +208,15 @@ class Sampler:
         return memory, cross, label_vector
 
     def empty_caches(self, batch):
-        """Zeroed self-attention caches: per decoder, a (keys, values) pair per layer."""
+        """Zeroed self-attention caches: per decoder, a (keys, values) pair per layer, each
+        (b, h, W, k): heads first, so that attention reads them without a transpose."""
         caches = {}
         for name, stack in self.stacks.items():
             caches[name] = []
             for block in stack.blocks:
                 for kind, layer in block.branches:
                     if kind == "self":
-                        shape = [batch, self.window, layer.num_heads, layer.key_size]
+                        shape = [batch, layer.num_heads, self.window, layer.key_size]
                         caches[name].append(
                             (tf.zeros(shape, self.dtype), tf.zeros(shape, self.dtype))
                         )
@@ -222,11 +238,13 @@ class Sampler:
                 if kind == "self":
                     keys, values = layer.project_memory(y)
                     cached_keys, cached_values = caches[self_index]
-                    cached_keys = _write_cache(cached_keys, keys, offset)
-                    cached_values = _write_cache(cached_values, values, offset)
+                    cached_keys = _write_cache(cached_keys, keys, offset, self.jit_compile)
+                    cached_values = _write_cache(cached_values, values, offset, self.jit_compile)
                     new_caches.append((cached_keys, cached_values))
                     self_index += 1
-                    y = layer.attend(y, cached_keys, cached_values, query_offset=offset)
+                    y = layer.attend(
+                        y, cached_keys, cached_values, query_offset=offset, heads_first=True
+                    )
                 elif kind == "cross":
                     keys, values = cross[cross_index]
                     cross_index += 1

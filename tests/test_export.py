@@ -206,3 +206,43 @@ def test_saved_model_in_a_fresh_process(run):
     argv = ["--saved_model", saved, "--num_samples", "2", "--out", out_dir, "--quiet"]
     assert sample.main(argv) == 0
     assert os.path.exists(os.path.join(out_dir, "sample_grid.png"))
+
+
+def test_colorize_signature_keeps_the_luma(tmp_path, gray_photo):
+    import dataclasses
+    import sys as _sys
+
+    _sys.path.insert(0, os.path.dirname(__file__))
+    from test_model import build, small_config
+
+    config = small_config()
+    config = dataclasses.replace(config, dct=dataclasses.replace(config.dct, ordering="luma_first"))
+    model = build(config)
+    saved = str(tmp_path / "colorize")
+    names = export.export(model, config, saved, target_part="chroma", max_chunks=3)
+    assert names == ["colorize", "log_prob", "sample"]
+    loaded = tf.saved_model.load(saved)
+    cfg = config.dct
+    # A grey image already at the model's size: the in-graph context is the numpy codec's (the
+    # in-graph Lanczos resize differs from Pillow's, so larger inputs give other contexts).
+    context, grey = sample.colorization_context(gray_photo, cfg)
+    out = loaded.signatures["colorize"](
+        image=tf.constant(grey[:, :, :1]), seed=tf.constant(0, tf.int64)
+    )
+    n = int(out["context_length"])
+    length = int(out["lengths"][0])
+    triples = [out[k][0, :length].numpy() for k in ("channels", "positions", "values")]
+    assert n == len(context) and np.all(triples[0][n:] >= cfg.channels_per_plane)
+    np.testing.assert_array_equal(triples[0][:n], context.channels)
+    np.testing.assert_array_equal(triples[1][:n], context.positions)
+    # Float summation order: a rare coefficient on a rounding edge moves by one step.
+    assert np.abs(triples[2][:n] - context.values).max() <= 1
+    assert (int(out["heights"][0]), int(out["widths"][0])) == (context.height, context.width)
+    big = loaded.signatures["colorize"](
+        image=tf.constant(gray_photo[:, :, None]), seed=tf.constant(0, tf.int64)
+    )
+    assert int(big["heights"][0]) == cfg.resolution  # resized by the codec's rule
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image:"):
+        loaded.signatures["colorize"](
+            image=tf.zeros([4, 4, 2], tf.uint8), seed=tf.constant(0, tf.int64)
+        )

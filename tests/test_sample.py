@@ -266,3 +266,15 @@ def test_sampler_runs_under_keras_mixed_precision(photo_sequences):
         seed=0,
     )
     _valid(state, config)
+
+
+def test_the_xla_compiled_sampler():
+    config = small_config()
+    model = build(config, seed=1)
+    _bias_stop(model, config, -1000.0)
+    sampler = sample.Sampler(model, config, jit_compile=True)
+    options = sample.SampleOptions(max_chunks=2, top_p=0.9)
+    state = sampler.sample(sampler.initial_state(3, 2 * config.chunk_size), options, seed=2)
+    np.testing.assert_array_equal(_valid(state, config), 2 * config.chunk_size)
+    again = sampler.sample(sampler.initial_state(3, 2 * config.chunk_size), options, seed=2)
+    np.testing.assert_array_equal(state["values"], again["values"])
