@@ -309,6 +309,7 @@ def plot(rows: list[dict], jpeg: dict, title: str, size=(760, 500)):
     """Bits per subpixel against parameters (log x), JPEG's two figures and the target as lines."""
     from PIL import Image, ImageDraw
 
+    from dct_gen import codec
     from dct_gen.codec import _font, _nice_step
 
     j = jpeg["coefficients"]
@@ -362,17 +363,15 @@ def plot(rows: list[dict], jpeg: dict, title: str, size=(760, 500)):
         label = f"d={r['width']}: {r['bits_per_subpixel']:.3f}"
         draw.text((x + 8, y - 20), label, fill=color, font=small)
 
-    xlabel = "parameters (log scale)"
-    tw = draw.textlength(xlabel, font=font)
-    draw.text(((x0 + x1 - tw) / 2, height - 30), xlabel, fill="black", font=font)
-    ylabel = "held-out bits per subpixel"
-    box = font.getbbox(ylabel)
-    tmp = Image.new("RGB", (box[2] + 4, box[3] + 4), "white")
-    ImageDraw.Draw(tmp).text((2, 2), ylabel, fill="black", font=font)
-    tmp = tmp.rotate(90, expand=True)
-    img.paste(tmp, (6, (y0 + y1 - tmp.size[1]) // 2))
-    tw = draw.textlength(title, font=font)
-    draw.text(((x0 + x1 - tw) / 2, 12), title, fill="black", font=font)
+    codec.label_axes(
+        img,
+        font,
+        (x0, x1, y0, y1),
+        "parameters (log scale)",
+        "held-out bits per subpixel",
+        title,
+        title_y=12,
+    )
     entries = [("DCTransformer", color)] + [(n, c) for n, _, c in lines]
     for row, chunk in enumerate((entries[:2], entries[2:])):
         widths = [40 + draw.textlength(n, font=small) for n, _ in chunk]

@@ -490,6 +490,30 @@ _SERIES = (
 )
 
 
+def label_axes(
+    img: Image.Image,
+    font,
+    box: tuple[float, float, float, float],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    title_y: int = 14,
+) -> None:
+    """Writes a plot's x label (centred below), y label (rotated, left) and title (centred,
+    at title_y); box is the plot area (x0, x1, y0 bottom, y1 top)."""
+    x0, x1, y0, y1 = box
+    draw = ImageDraw.Draw(img)
+    tw = draw.textlength(xlabel, font=font)
+    draw.text(((x0 + x1 - tw) / 2, img.size[1] - 30), xlabel, fill="black", font=font)
+    bbox = font.getbbox(ylabel)
+    tmp = Image.new("RGB", (bbox[2] + 4, bbox[3] + 4), "white")
+    ImageDraw.Draw(tmp).text((2, 2), ylabel, fill="black", font=font)
+    tmp = tmp.rotate(90, expand=True)
+    img.paste(tmp, (6, int((y0 + y1 - tmp.size[1]) // 2)))
+    tw = draw.textlength(title, font=font)
+    draw.text(((x0 + x1 - tw) / 2, title_y), title, fill="black", font=font)
+
+
 def plot_stats(
     summary: Sequence[dict], title: str, size: tuple[int, int] = (760, 480)
 ) -> Image.Image:
@@ -519,17 +543,15 @@ def plot_stats(
         draw.text((px(q) - tw / 2, y0 + 8), str(q), fill="black", font=small)
     draw.rectangle([x0, y1, x1, y0], outline="black")
 
-    xlabel = "quality (IJG scale, same for the DCT codec and JPEG)"
-    tw = draw.textlength(xlabel, font=font)
-    draw.text(((x0 + x1 - tw) / 2, height - 30), xlabel, fill="black", font=font)
-    ylabel = "bits per image-subpixel"
-    box = font.getbbox(ylabel)
-    tmp = Image.new("RGB", (box[2] + 4, box[3] + 4), "white")
-    ImageDraw.Draw(tmp).text((2, 2), ylabel, fill="black", font=font)
-    tmp = tmp.rotate(90, expand=True)
-    img.paste(tmp, (6, (y0 + y1 - tmp.size[1]) // 2))
-    tw = draw.textlength(title, font=font)
-    draw.text(((x0 + x1 - tw) / 2, 14), title, fill="black", font=font)
+    label_axes(
+        img,
+        font,
+        (x0, x1, y0, y1),
+        "quality (IJG scale, same for the DCT codec and JPEG)",
+        "bits per image-subpixel",
+        title,
+        title_y=14,
+    )
 
     for key, _, color in _SERIES:
         pts = [(px(s["quality"]), py(s[key])) for s in summary]
