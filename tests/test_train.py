@@ -225,8 +225,19 @@ def test_nan_loss_stops_the_run(data_dir, tmp_path):
 
 def test_two_replicas_split_the_batch(data_dir, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    result = _run(data_dir, tmp_path, max_steps=2, strategy=strategy)
+    lines = []
+    result = _run(
+        data_dir,
+        tmp_path,
+        lines,
+        max_steps=2,
+        strategy=strategy,
+        sample_every=2,
+        num_samples=2,
+        sample_max_chunks=1,
+    )
     assert result.step == 2 and np.isfinite(result.last_metrics["loss"])
+    assert any("samples at step 2" in line for line in lines)  # mirrored weights sample too
     # The distributed iterator is in the checkpoint and restores.
     again = _run(data_dir, tmp_path, max_steps=2, strategy=strategy)
     assert (again.resumed_from, again.stopped) == (2, "already_done")
