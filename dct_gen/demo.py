@@ -340,6 +340,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, paths in written.items():
         for path in paths:
             print(f"  [{name}] {path}")
+    evaluation = os.path.join(args.out, "evaluation.json")
+    if "evaluate" in written and os.path.exists(evaluation):
+        import json
+
+        with open(evaluation) as f:
+            e = json.load(f)
+        print(
+            f"Held-out photos: {e['model_bits_per_subpixel']:.4f} bits per subpixel (model, step "
+            f"{e['step']}) against {e['jpeg_optimized_bits_per_subpixel']:.4f} (optimized JPEG, "
+            f"same coefficients): {100 * e['saving_vs_jpeg']:+.1f}%"
+        )
+    if "sample" in written:
+        print(f"Samples: {os.path.join(args.out, 'samples', 'sample_grid.png')}")
     if "train" in written:
         print(f"Watch the run: tensorboard --logdir {_dirs(args.out)['run']}")
     return 0
