@@ -1031,7 +1031,8 @@ def _read_inputs(paths: list[str]) -> list[np.ndarray]:
         try:
             out.append(images_lib.read_image(path))
         except images_lib.ImageError as e:
-            raise ValueError(f"{path}: {e}") from e
+            message = str(e)
+            raise ValueError(message if path in message else f"{path}: {message}") from e
     return out
 
 
@@ -1060,6 +1061,10 @@ def run(argv: list[str]) -> dict:
     options_kw = {}
     if task == "generate":
         options_kw = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    try:
+        SampleOptions(**options_kw)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from e  # the messages start with the option's name
     inputs = _read_inputs(args.images) if task != "generate" else []
 
     if args.saved_model:
