@@ -715,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_flags(args)
         strategy = train.make_strategy(args.tpu) if args.data_dir else None
         if args.generate:
+            # The weights first: a missing file should not cost the sampling time.
+            metrics.inception_weights_path(args.inception_weights)
             generate_samples(
                 load_run(args.model_dir, checkpoint=args.checkpoint),
                 num_samples=args.num_samples,
