@@ -376,20 +376,39 @@ def restore_latest(
 # A trained run, for sampling, evaluation and export.
 
 
+# ModelConfig fields that change no weight: a resumed run may change them (dropout from zero
+# to non-zero adds seed-generator state, which the restore then reports).
+_FREE_MODEL_FIELDS = ("dropout", "structural_mask")
+
+
 def save_run_config(model_dir: str, model_config, train_config) -> None:
     """Writes model_dir/config.json: the model and train configs as plain JSON, so a run can be
-    rebuilt without gin (`load_run`). A resumed run rewrites it with its own configs."""
+    rebuilt without gin (`load_run`). A resumed run rewrites it with its own configs, but may
+    not change the architecture of a run that has checkpoints (ValueError naming the fields)."""
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
-    text = json.dumps(
-        {
-            "model_config": dataclasses.asdict(model_config),
-            "train_config": dataclasses.asdict(train_config),
-        },
-        indent=2,
-        sort_keys=True,
-    )
+    new = {
+        "model_config": dataclasses.asdict(model_config),
+        "train_config": dataclasses.asdict(train_config),
+    }
+    new = json.loads(json.dumps(new))  # tuples as lists, as read back
+    if os.path.exists(path) and _checkpoint_numbers(os.path.join(model_dir, CHECKPOINT_DIR)):
+        with open(path) as f:
+            old = json.load(f).get("model_config", {})
+        changed = [
+            k
+            for k in sorted(set(old) | set(new["model_config"]))
+            if k not in _FREE_MODEL_FIELDS and old.get(k) != new["model_config"].get(k)
+        ]
+        if changed:
+            details = ", ".join(
+                f"{k}: {old.get(k)} -> {new['model_config'].get(k)}" for k in changed
+            )
+            raise ValueError(
+                f"{model_dir} holds checkpoints of another model ({path}: {details}); train it "
+                "in a new --model_dir, or move the old run away"
+            )
     with open(path + ".tmp", "w") as f:
-        f.write(text + "\n")
+        f.write(json.dumps(new, indent=2, sort_keys=True) + "\n")
     os.replace(path + ".tmp", path)
 
 

@@ -145,6 +145,21 @@ def test_loss_goes_down_and_logs_are_written(trained):
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[-1] == "ckpt-30.index"
 
 
+def test_another_architecture_in_a_run_directory_is_refused(trained, data_dir):
+    model_dir, _, _ = trained
+    copy = model_dir + "_wider"
+    shutil.copytree(model_dir, copy)
+    wider = _configs("model_config.hidden_size = 48")
+    with pytest.raises(ValueError, match="hidden_size: 32 -> 48"):
+        _run(data_dir, copy, max_steps=31, model_config=wider["model_config"])
+    # The structural mask changes no weight: a resumed run may switch it.
+    unmasked = _configs("model_config.structural_mask = False")
+    result = _run(data_dir, copy, max_steps=31, model_config=unmasked["model_config"])
+    assert (result.resumed_from, result.step) == (30, 31)
+    with open(os.path.join(copy, train.RUN_CONFIG_FILE)) as f:
+        assert json.load(f)["model_config"]["structural_mask"] is False
+
+
 def test_a_finished_run_does_not_train_again(trained, data_dir):
     model_dir, _, _ = trained
     copy = model_dir + "_done"
