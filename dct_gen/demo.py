@@ -179,10 +179,11 @@ def step_evaluate(out_dir: str) -> list[str]:
 
     import tensorflow as tf
 
-    from dct_gen import jpeg_baseline, records, train
+    from dct_gen import evaluate, jpeg_baseline, records, train
 
     d = _dirs(out_dir)
-    model, model_config, _, step = train.load_run(d["run"], log=lambda _: None)
+    run = evaluate.load_run(d["run"], mixed_precision=False, log=lambda _: None)
+    model, model_config, step = run.model, run.model_config, run.step
     strategy = tf.distribute.get_strategy()
     ours = dict(
         train.evaluate(
@@ -261,11 +262,12 @@ def step_sample(out_dir: str) -> list[str]:
 
 def step_export(out_dir: str) -> list[str]:
     """The SavedModel (sample, log_prob, upsample), and four samples drawn from it."""
-    from dct_gen import export, sample, train
+    from dct_gen import evaluate, export, sample
 
     d = _dirs(out_dir)
     saved = os.path.join(out_dir, "saved_model")
-    model, model_config, train_config, _ = train.load_run(d["run"], log=lambda _: None)
+    run = evaluate.load_run(d["run"], mixed_precision=False, log=lambda _: None)
+    model, model_config, train_config = run.model, run.model_config, run.train_config
     export.export(model, model_config, saved, target_part=train_config.target_part)
     out = os.path.join(out_dir, "samples_saved_model")
     files = sample.run(

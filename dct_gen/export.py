@@ -417,13 +417,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max_num_samples={args.max_num_samples}: must be >= 1")
     if args.max_chunks is not None and args.max_chunks < 1:
         parser.error(f"--max_chunks={args.max_chunks}: must be >= 1")
-    from dct_gen import train
+    from dct_gen import evaluate
 
     try:
-        model, model_config, train_config, step = train.load_run(args.model_dir)
-    except (FileNotFoundError, ValueError, train.NoValidCheckpointError) as e:
+        run = evaluate.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
+    except (FileNotFoundError, ValueError) as e:
         print(f"dct_gen.export: {e}", file=sys.stderr)
         return 2
+    model, model_config, train_config, step = (
+        run.model,
+        run.model_config,
+        run.train_config,
+        run.step,
+    )
     names = export(
         model,
         model_config,

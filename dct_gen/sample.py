@@ -1077,11 +1077,10 @@ def run(argv: list[str]) -> dict:
         else:
             samples = source.conditional(task, inputs, args.num_samples, args.seed, progress)
     else:
-        from dct_gen import train
+        from dct_gen import evaluate
 
-        model, model_config, train_config, step = train.load_run(
-            args.model_dir, log=lambda line: None
-        )
+        run_ = evaluate.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
+        model, model_config = run_.model, run_.model_config
         max_chunks = args.max_chunks or default_max_chunks(model_config)
         options = SampleOptions(max_chunks=max_chunks, **options_kw)
         sampler = Sampler(model, model_config, jit_compile=args.jit)

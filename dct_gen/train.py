@@ -383,8 +383,9 @@ _FREE_MODEL_FIELDS = ("dropout", "structural_mask")
 
 def save_run_config(model_dir: str, model_config, train_config) -> None:
     """Writes model_dir/config.json: the model and train configs as plain JSON, so a run can be
-    rebuilt without gin (`load_run`). A resumed run rewrites it with its own configs, but may
-    not change the architecture of a run that has checkpoints (ValueError naming the fields)."""
+    rebuilt without gin (`dct_gen.evaluate.load_run`). A resumed run rewrites it with its own
+    configs, but may not change the architecture of a run that has checkpoints (ValueError
+    naming the fields)."""
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
     new = {
         "model_config": dataclasses.asdict(model_config),
@@ -433,31 +434,6 @@ def read_run_config(model_dir: str):
         return model_lib.ModelConfig(**mc), configs.TrainConfig(**raw["train_config"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a valid run configuration ({e})") from e
-
-
-def load_run(model_dir: str, log: Callable[[str], None] = print):
-    """Rebuilds a trained model from its run directory and restores its newest checkpoint.
-
-    Returns (model, model_config, train_config, step). The model is built in float32 (the
-    weights of a bfloat16 run are float32 variables). Raises FileNotFoundError when model_dir
-    has no config.json or no checkpoint, NoValidCheckpointError when none restores.
-    """
-    import keras
-
-    from dct_gen import model as model_lib
-
-    model_config, train_config = read_run_config(model_dir)
-    directory = os.path.join(model_dir, CHECKPOINT_DIR)
-    if not _checkpoint_numbers(directory):
-        raise FileNotFoundError(f"{directory}: no checkpoint to load (train the run first)")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        model = model_lib.build_model(model_config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    number = restore_latest(model_checkpoint(model), directory, log, partial=True)
-    return model, model_config, train_config, int(number)
 
 
 def model_checkpoint(model):

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs.build_dataset import run_pipeline
-from dct_gen import configs, export, photos, records, sample, train
+from dct_gen import configs, evaluate, export, photos, records, sample, train
 
 GIN = "experiments/test.gin"
 # A trained run and a SavedModel export take about two minutes: `make test-slow`.
@@ -55,14 +55,17 @@ def run(tmp_path_factory):
     return tmp, data_dir, model_dir, model_config, train_config
 
 
-def test_load_run_errors_name_the_directory(tmp_path, run):
-    with pytest.raises(FileNotFoundError, match="no such directory"):
-        train.load_run(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
-        train.load_run(str(tmp_path))
-    _, _, model_dir, model_config, _ = run
-    model, config, _, step = train.load_run(model_dir, log=lambda _: None)
-    assert config == model_config and step == 20
+def test_a_run_loads_from_its_config_json(tmp_path, run):
+    _, _, model_dir, model_config, train_config = run
+    assert not os.path.exists(os.path.join(model_dir, train.OPERATIVE_CONFIG_FILE))
+    loaded = evaluate.load_run(model_dir, mixed_precision=False, log=lambda _: None)
+    assert (loaded.model_config, loaded.train_config, loaded.step) == (
+        model_config,
+        train_config,
+        20,
+    )
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate.load_run(str(tmp_path / "missing"))
 
 
 def test_sample_command_line_on_a_trained_run(run, capsys):
