@@ -138,7 +138,8 @@ def load_run(
     mixed_precision: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> LoadedRun:
-    """Rebuilds a trained run's model from its operative gin config and restores a checkpoint.
+    """Rebuilds a trained run's model from its config.json (else its operative_config.gin) and
+    restores a checkpoint.
 
     Args:
       model_dir: a run directory written by `python -m dct_gen.train`.

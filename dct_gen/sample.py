@@ -199,8 +199,9 @@ class Sampler:
         memory = self.encoder(x)
         cross = {}
         for name, stack in self.stacks.items():
+            # Heads first, once per chunk, so that no element step transposes them.
             cross[name] = [
-                layer.project_memory(memory)
+                tuple(tf.transpose(t, [0, 2, 1, 3]) for t in layer.project_memory(memory))
                 for block in stack.blocks
                 for kind, layer in block.branches
                 if kind == "cross"
@@ -248,7 +249,7 @@ class Sampler:
                 elif kind == "cross":
                     keys, values = cross[cross_index]
                     cross_index += 1
-                    y = layer.attend(y, keys, values)
+                    y = layer.attend(y, keys, values, heads_first=True)
                 else:
                     y = layer(y)
                 x = x + tf.cast(block.rezero[i], x.dtype) * y
@@ -605,7 +606,10 @@ class Samples:
     seconds: float = 0.0
 
     def images(self) -> list[np.ndarray]:
-        return [rep.decode(seq, self.cfg) for seq in self.sequences]
+        """The decoded samples (decoded once, then kept)."""
+        if getattr(self, "_images", None) is None:
+            self._images = [rep.decode(seq, self.cfg) for seq in self.sequences]
+        return self._images
 
 
 def upsampling_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequence, np.ndarray]:
