@@ -179,10 +179,10 @@ def step_evaluate(out_dir: str) -> list[str]:
 
     import tensorflow as tf
 
-    from dct_gen import evaluate, jpeg_baseline, records, train
+    from dct_gen import jpeg_baseline, records, run_dir, train
 
     d = _dirs(out_dir)
-    run = evaluate.load_run(d["run"], mixed_precision=False, log=lambda _: None)
+    run = run_dir.load_run(d["run"], mixed_precision=False, log=lambda _: None)
     model, model_config, step = run.model, run.model_config, run.step
     strategy = tf.distribute.get_strategy()
     ours = dict(
@@ -262,11 +262,11 @@ def step_sample(out_dir: str) -> list[str]:
 
 def step_export(out_dir: str) -> list[str]:
     """The SavedModel (sample, log_prob, upsample), and four samples drawn from it."""
-    from dct_gen import evaluate, export, sample
+    from dct_gen import export, run_dir, sample
 
     d = _dirs(out_dir)
     saved = os.path.join(out_dir, "saved_model")
-    run = evaluate.load_run(d["run"], mixed_precision=False, log=lambda _: None)
+    run = run_dir.load_run(d["run"], mixed_precision=False, log=lambda _: None)
     model, model_config, train_config = run.model, run.model_config, run.train_config
     export.export(model, model_config, saved, target_part=train_config.target_part)
     out = os.path.join(out_dir, "samples_saved_model")

@@ -29,15 +29,14 @@ Outputs:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dct_gen import metrics, train
+from dct_gen import metrics, run_dir, train
+from dct_gen.run_dir import LoadedRun, RunDirectoryError, load_run  # noqa: F401
 
 DEFAULT_OUT = "evaluation.json"
 SUMMARY_DIR = "evaluate"
@@ -46,171 +45,8 @@ DEFAULT_REFERENCE_SPLIT = "train"
 DEFAULT_NUM_SAMPLES = 50_000  # the paper's sample count
 
 
-class RunDirectoryError(FileNotFoundError):
-    """model_dir is not a trained run: missing, no operative_config.gin, or no checkpoint."""
-
-
 class UsageError(ValueError):
     """Bad or contradictory flags; the message names them."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading a trained run.
-
-
-@dataclasses.dataclass
-class LoadedRun:
-    """A trained run: its model with a checkpoint restored, and its configs.
-
-    Unpacks as (model, model_config, dct_config, train_config).
-
-    Attributes:
-      model: the Keras model (`dct_gen.model.build_model`), built in `strategy`'s scope.
-      model_config, dct_config, train_config: from the run's operative_config.gin.
-      model_dir: the run directory.
-      checkpoint: the restored checkpoint's path prefix (model_dir/checkpoints/ckpt-N).
-      step: its training step N.
-      strategy: the tf.distribute strategy the model's variables live in.
-    """
-
-    model: Any
-    model_config: Any
-    dct_config: Any
-    train_config: Any
-    model_dir: str
-    checkpoint: str
-    step: int
-    strategy: Any
-
-    def __iter__(self):
-        return iter((self.model, self.model_config, self.dct_config, self.train_config))
-
-
-def read_run_configs(model_dir: str):
-    """(model_config, dct_config, train_config) of a run: from its config.json (which every
-    `dct_gen.train.train` run writes), else from its operative_config.gin.
-
-    Reading the gin file clears gin's global configuration before and after (the configs come
-    back as plain objects, so nothing else needs gin).
-
-    Raises:
-      RunDirectoryError: model_dir or its operative_config.gin does not exist.
-      ValueError: the file does not parse with this version of dct_gen.
-    """
-    import gin
-    import tensorflow as tf
-
-    from dct_gen import configs
-
-    if not tf.io.gfile.isdir(model_dir):
-        raise RunDirectoryError(f"run directory {model_dir} does not exist")
-    if tf.io.gfile.exists(os.path.join(model_dir, train.RUN_CONFIG_FILE)):
-        model_config, train_config = train.read_run_config(model_dir)
-        return model_config, model_config.dct, train_config
-    path = os.path.join(model_dir, train.OPERATIVE_CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        raise RunDirectoryError(
-            f"{path} does not exist: {model_dir} is not a run directory of "
-            f"`python -m dct_gen.train`, which writes {train.OPERATIVE_CONFIG_FILE} when it starts"
-        )
-    with tf.io.gfile.GFile(path) as f:
-        text = f.read()
-    gin.clear_config()
-    try:
-        gin.parse_config(text)
-        return configs.model_config(), configs.dct_config(), configs.train_config()
-    except Exception as e:  # gin reports unknown keys, bad values, ... in many types
-        raise ValueError(f"{path} does not parse with this version of dct_gen: {e}") from e
-    finally:
-        gin.clear_config()
-
-
-def checkpoint_steps(model_dir: str) -> list[int]:
-    """Steps of the checkpoints in model_dir/checkpoints, newest first (any file counts)."""
-    return train._checkpoint_numbers(os.path.join(model_dir, train.CHECKPOINT_DIR))
-
-
-def load_run(
-    model_dir: str,
-    *,
-    checkpoint: int | None = None,
-    strategy=None,
-    mixed_precision: bool | None = None,
-    log: Callable[[str], None] = print,
-) -> LoadedRun:
-    """Rebuilds a trained run's model from its config.json (else its operative_config.gin) and
-    restores a checkpoint.
-
-    Args:
-      model_dir: a run directory written by `python -m dct_gen.train`.
-      checkpoint: the step of the checkpoint to restore; None: the newest that restores (a
-        damaged newest one is reported and an older one used, as training resumes).
-      strategy: build the model in this strategy's scope; None: the default strategy.
-      mixed_precision: build under mixed_bfloat16 (True) or float32 (False); None: as the run
-        trained (train_config.mixed_precision), so evaluation repeats training's numerics.
-      log: where notes go.
-
-    Returns:
-      A LoadedRun; `model, model_config, dct_config, train_config = load_run(d)` unpacks it.
-
-    Raises:
-      RunDirectoryError: no such directory, no operative_config.gin, no checkpoint (or not the
-        one asked for), or none that restores into the model the config describes.
-      ValueError: operative_config.gin does not parse.
-    """
-    import keras
-    import tensorflow as tf
-
-    from dct_gen import model as model_lib
-
-    model_config, dct_config, train_config = read_run_configs(model_dir)
-    directory = os.path.join(model_dir, train.CHECKPOINT_DIR)
-    steps = checkpoint_steps(model_dir)
-    if not steps:
-        raise RunDirectoryError(
-            f"no checkpoint in {directory}: the run has not saved one yet (training saves every "
-            "--checkpoint_every steps and at its last step)"
-        )
-    if checkpoint is not None and checkpoint not in steps:
-        raise RunDirectoryError(f"{directory} has no checkpoint {checkpoint}; it has {steps}")
-    strategy = strategy or tf.distribute.get_strategy()
-    mixed = train_config.mixed_precision if mixed_precision is None else mixed_precision
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if mixed else "float32")
-    try:
-        with strategy.scope():
-            model = model_lib.build_model(model_config)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-    target = train.model_checkpoint(model)
-    if checkpoint is None:
-        try:
-            step = train.restore_latest(target, directory, log, partial=True)
-        except train.NoValidCheckpointError as e:
-            raise RunDirectoryError(
-                f"no checkpoint in {directory} restores into the model that "
-                f"{train.OPERATIVE_CONFIG_FILE} describes: {e}"
-            ) from e
-    else:
-        path = os.path.join(directory, f"ckpt-{checkpoint}")
-        try:
-            target.restore(path).assert_existing_objects_matched().expect_partial()
-        except Exception as e:  # a damaged or mismatched checkpoint fails in many ways
-            message = str(e).strip().splitlines()[0][:300]
-            raise RunDirectoryError(f"checkpoint {path} does not restore: {message}") from e
-        step = checkpoint
-    path = os.path.join(directory, f"ckpt-{step}")
-    log(f"restored {path} ({model.count_params():,} parameters)")
-    return LoadedRun(
-        model=model,
-        model_config=model_config,
-        dct_config=dct_config,
-        train_config=train_config,
-        model_dir=model_dir,
-        checkpoint=path,
-        step=int(step),
-        strategy=strategy,
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,20 +55,7 @@ def load_run(
 
 def default_split(model_dir: str) -> str:
     """The split the run evaluated during training (eval.jsonl's last line), else 'validation'."""
-    import tensorflow as tf
-
-    path = os.path.join(model_dir, train.EVAL_FILE)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            lines = [line for line in f.read().splitlines() if line.strip()]
-        for line in reversed(lines):
-            try:
-                split = json.loads(line).get("split")
-            except json.JSONDecodeError:
-                continue
-            if split:
-                return split
-    return DEFAULT_SPLIT
+    return run_dir.last_eval_split(model_dir) or DEFAULT_SPLIT
 
 
 def likelihood(
@@ -382,31 +205,6 @@ def sample_metrics(
 # Outputs.
 
 
-def _read_json(path: str) -> dict:
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
-        return {}
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            loaded = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _write_json(path: str, value: dict) -> None:
-    import tensorflow as tf
-
-    parent = os.path.dirname(path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    partial = f"{path}.partial"
-    with tf.io.gfile.GFile(partial, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(partial, path, overwrite=True)
-
-
 def write_summaries(directory: str, step: int, values: dict[str, Any]) -> None:
     """Numeric values as TensorBoard scalars at `step` in `directory`."""
     import tensorflow as tf
@@ -503,7 +301,11 @@ def run_evaluation(
         )
         extractor = extractor or metrics.inception_v3(inception_weights)
 
-    result = _read_json(out)
+    try:
+        result = run_dir.read_json(out, {})
+    except ValueError:
+        result = {}
+    result = result if isinstance(result, dict) else {}
     if result.get("model_dir") != model_dir:
         result = {}
     result["model_dir"] = model_dir
@@ -532,7 +334,7 @@ def run_evaluation(
         write_summaries(os.path.join(model_dir, SUMMARY_DIR, split), run.step, values)
     if samples_dir is not None:
         if step is None:
-            steps = checkpoint_steps(model_dir)
+            steps = run_dir.checkpoint_steps(model_dir)
             step = checkpoint if checkpoint is not None else (steps[0] if steps else 0)
         values = sample_metrics(
             samples_dir=samples_dir,
@@ -557,7 +359,7 @@ def run_evaluation(
             step,
             {name: values[name] for name in ("fid", "sfid", "precision", "recall")},
         )
-    _write_json(out, result)
+    run_dir.write_json(out, result)
     log(f"wrote {out}")
     return result
 

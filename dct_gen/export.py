@@ -417,10 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max_num_samples={args.max_num_samples}: must be >= 1")
     if args.max_chunks is not None and args.max_chunks < 1:
         parser.error(f"--max_chunks={args.max_chunks}: must be >= 1")
-    from dct_gen import evaluate
+    from dct_gen import run_dir
 
     try:
-        run = evaluate.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
+        run = run_dir.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
     except (FileNotFoundError, ValueError) as e:
         print(f"dct_gen.export: {e}", file=sys.stderr)
         return 2

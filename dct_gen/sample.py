@@ -1081,9 +1081,9 @@ def run(argv: list[str]) -> dict:
         else:
             samples = source.conditional(task, inputs, args.num_samples, args.seed, progress)
     else:
-        from dct_gen import evaluate
+        from dct_gen import run_dir
 
-        run_ = evaluate.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
+        run_ = run_dir.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
         model, model_config = run_.model, run_.model_config
         max_chunks = args.max_chunks or default_max_chunks(model_config)
         options = SampleOptions(max_chunks=max_chunks, **options_kw)

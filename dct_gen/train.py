@@ -31,13 +31,14 @@ import datetime
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 from absl import app, flags
+
+from dct_gen import run_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (paths, or relative to gin/).")
@@ -67,20 +68,11 @@ flags.DEFINE_float(
     "peak_flops", None, "Device peak FLOP/s per replica for MFU (default: measured)."
 )
 
-CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.jsonl"
-OPERATIVE_CONFIG_FILE = "operative_config.gin"
-RUN_CONFIG_FILE = "config.json"
 COMPONENTS = ("channel", "position", "value")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the run stops without saving."""
-
-
-class NoValidCheckpointError(RuntimeError):
-    """Checkpoints exist in model_dir but none can be restored."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,159 +310,6 @@ def evaluate(
             yield f"chunk_{k}/{c}_bits_per_subpixel", float(per_chunk[:, j].mean())
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-def _checkpoint_numbers(directory: str) -> list[int]:
-    """Numbers of every checkpoint with any file on disk, newest first (index or data alone:
-    a checkpoint whose index is missing still counts, so it is reported, not skipped)."""
-    import tensorflow as tf
-
-    numbers = set()
-    for path in tf.io.gfile.glob(os.path.join(directory, "ckpt-*")):
-        m = re.match(r"ckpt-(\d+)\.", os.path.basename(path))
-        if m:
-            numbers.add(int(m.group(1)))
-    return sorted(numbers, reverse=True)
-
-
-def restore_latest(
-    checkpoint, directory: str, log: Callable[[str], None] = print, partial: bool = False
-) -> int | None:
-    """Restores the newest checkpoint that restores; returns its number, None when there is none.
-
-    A checkpoint that fails (missing index, truncated or corrupt data) is reported and the next
-    older one is tried. Raises NoValidCheckpointError when checkpoints exist but none restores.
-    partial: `checkpoint` holds only part of what was saved (the model without the optimizer).
-    """
-    import tensorflow as tf
-
-    numbers = _checkpoint_numbers(directory)
-    failures = []
-    for number in numbers:
-        path = os.path.join(directory, f"ckpt-{number}")
-        try:
-            if not tf.io.gfile.exists(path + ".index"):
-                raise FileNotFoundError(f"{path}.index is missing")
-            status = checkpoint.restore(path).assert_existing_objects_matched()
-            if partial:
-                status.expect_partial()
-        except Exception as e:  # a damaged file fails in many ways (OpError, IndexError, ...)
-            message = str(e).strip().splitlines()[0][:300]
-            failures.append(f"{path}: {message}")
-            log(f"WARNING: checkpoint {path} is damaged ({message}); trying an older one")
-            continue
-        if failures:
-            log(f"WARNING: resumed from {path}, an older checkpoint than the damaged newest")
-        return number
-    if failures:
-        raise NoValidCheckpointError(
-            f"{directory} holds checkpoints but none restores; refusing to start again from "
-            "step 0 (move them away to start afresh): " + "; ".join(failures)
-        )
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
-# A trained run, for sampling, evaluation and export.
-
-
-# ModelConfig fields that change no weight: a resumed run may change them (dropout from zero
-# to non-zero adds seed-generator state, which the restore then reports).
-_FREE_MODEL_FIELDS = ("dropout", "structural_mask")
-
-
-def save_run_config(model_dir: str, model_config, train_config) -> None:
-    """Writes model_dir/config.json: the model and train configs as plain JSON, so a run can be
-    rebuilt without gin (`dct_gen.evaluate.load_run`). A resumed run rewrites it with its own
-    configs, but may not change the architecture of a run that has checkpoints (ValueError
-    naming the fields)."""
-    path = os.path.join(model_dir, RUN_CONFIG_FILE)
-    new = {
-        "model_config": dataclasses.asdict(model_config),
-        "train_config": dataclasses.asdict(train_config),
-    }
-    new = json.loads(json.dumps(new))  # tuples as lists, as read back
-    if os.path.exists(path) and _checkpoint_numbers(os.path.join(model_dir, CHECKPOINT_DIR)):
-        with open(path) as f:
-            old = json.load(f).get("model_config", {})
-        changed = [
-            k
-            for k in sorted(set(old) | set(new["model_config"]))
-            if k not in _FREE_MODEL_FIELDS and old.get(k) != new["model_config"].get(k)
-        ]
-        if changed:
-            details = ", ".join(
-                f"{k}: {old.get(k)} -> {new['model_config'].get(k)}" for k in changed
-            )
-            raise ValueError(
-                f"{model_dir} holds checkpoints of another model ({path}: {details}); train it "
-                "in a new --model_dir, or move the old run away"
-            )
-    with open(path + ".tmp", "w") as f:
-        f.write(json.dumps(new, indent=2, sort_keys=True) + "\n")
-    os.replace(path + ".tmp", path)
-
-
-def read_run_config(model_dir: str):
-    """(ModelConfig, TrainConfig) from model_dir/config.json; errors name the file."""
-    from dct_gen import configs
-    from dct_gen import model as model_lib
-    from dct_gen.representation import DCTConfig
-
-    path = os.path.join(model_dir, RUN_CONFIG_FILE)
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"--model_dir {model_dir}: no such directory")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} is missing: {model_dir} is not a run directory of dct_gen.train"
-        )
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-        mc = dict(raw["model_config"])
-        mc["dct"] = DCTConfig.from_dict(mc["dct"])
-        return model_lib.ModelConfig(**mc), configs.TrainConfig(**raw["train_config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid run configuration ({e})") from e
-
-
-def model_checkpoint(model):
-    """A tf.train.Checkpoint that reads a model's variables, and nothing else, out of a
-    training checkpoint.
-
-    `train` saves Checkpoint(model=, optimizer=, state=, tokens_seen=, data=). The Keras 3
-    model's own trackable graph reaches only some of its variables (most weights of the custom
-    layers are not tracked children), so Checkpoint(model=m) would restore only those. Every
-    trainable variable is an element of the optimizer's `_trainable_variables` list (in
-    `model.trainable_variables` order) and every other one an element of `state` (in
-    `model.variables` order): this object mirrors exactly those two paths, without building
-    the optimizer or its slots, so that `assert_existing_objects_matched` proves that every
-    variable was read.
-    """
-    import tensorflow as tf
-
-    trainable = list(model.trainable_variables)
-    ids = {id(v) for v in trainable}
-    state = [v for v in model.variables if id(v) not in ids]
-    return tf.train.Checkpoint(
-        optimizer=tf.train.Checkpoint(_trainable_variables=trainable), state=state
-    )
-
-
-def _truncate_jsonl(path: str, after_step: int) -> None:
-    """Drops lines of a JSONL log beyond the resumed step (they are about to be redone)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
-    if len(kept) != len(lines):
-        with open(path, "w") as f:
-            f.writelines(kept)
-
-
 @contextlib.contextmanager
 def _sigterm_flag():
     """Yields a dict whose 'received' turns True on SIGTERM (only the main thread can listen)."""
@@ -566,7 +405,7 @@ def train(
 
     Raises:
       NonFiniteLossError: the loss became NaN or infinite (nothing is saved).
-      NoValidCheckpointError: checkpoints exist in model_dir but none restores.
+      run_dir.NoValidCheckpointError: checkpoints exist in model_dir but none restores.
       ValueError: a config contradicts the dataset or another config.
     """
     # ---- Setup: configs against the data, strategy, precision, seeds.
@@ -614,8 +453,8 @@ def train(
         else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
     )
     os.makedirs(model_dir, exist_ok=True)
-    save_run_config(model_dir, model_config, train_config)
-    checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
+    run_dir.save_run_config(model_dir, model_config, train_config)
+    checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
     compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16" if train_config.mixed_precision else "float32")
@@ -687,16 +526,16 @@ def train(
         flops_per_token = model_lib.flops_per_token(model_config)
 
         # ---- Restore: the newest checkpoint that restores; never a silent restart.
-        resumed_from = restore_latest(checkpoint, checkpoint_dir, log)
+        resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
         step = int(optimizer.iterations.numpy())
         if resumed_from is None:
             log(f"no checkpoint in {checkpoint_dir}: starting at step 0")
         else:
             log(f"resumed from checkpoint {resumed_from} at step {step}")
-        metrics_path = os.path.join(model_dir, METRICS_FILE)
-        eval_path = os.path.join(model_dir, EVAL_FILE)
-        _truncate_jsonl(metrics_path, step)
-        _truncate_jsonl(eval_path, step)
+        metrics_path = os.path.join(model_dir, run_dir.METRICS_FILE)
+        eval_path = os.path.join(model_dir, run_dir.EVAL_FILE)
+        run_dir.truncate_jsonl(metrics_path, step)
+        run_dir.truncate_jsonl(eval_path, step)
         if step >= total_steps:
             log(f"step {step} >= {total_steps}: the run is already done")
             return TrainResult(step, total_steps, "already_done", resumed_from, {}, {})
@@ -884,7 +723,7 @@ def _write_operative_config(model_dir: str) -> None:
     import gin
 
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), "w") as f:
+    with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
         f.write(gin.operative_config_str())
 
 
@@ -933,7 +772,7 @@ def main(argv):
             tpu=FLAGS.tpu,
             peak_flops=FLAGS.peak_flops,
         )
-    except (NonFiniteLossError, NoValidCheckpointError) as e:
+    except (NonFiniteLossError, run_dir.NoValidCheckpointError) as e:
         sys.exit(f"dct_gen.train: {type(e).__name__}: {e}")
     if result.stopped == "sigterm":
         sys.exit(128 + signal.SIGTERM)

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs.build_dataset import run_pipeline
-from dct_gen import configs, evaluate, metrics, photos, representation, train
+from dct_gen import configs, evaluate, metrics, photos, representation, run_dir, train
 
 GIN = "experiments/test.gin"
 COMPONENTS = ("channel", "position", "value")
@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
+def trained_dir(data_dir, tmp_path_factory):
     """The training command, 4 steps: a checkpoint at 2 and 4, evaluations of validation at
     2 and 4 (eval.jsonl), and operative_config.gin."""
     model_dir = str(tmp_path_factory.mktemp("evaluate_run"))
@@ -78,7 +78,7 @@ def small_extractor(name="test-convnet"):
 
 
 def _eval_lines(model_dir):
-    with open(os.path.join(model_dir, train.EVAL_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.EVAL_FILE)) as f:
         return [json.loads(line) for line in f]
 
 
@@ -91,15 +91,15 @@ def _tags(directory):
     return tags
 
 
-def test_bits_per_subpixel_equal_the_training_runs_evaluation(run_dir, data_dir, capsys):
-    assert evaluate.main(["--model_dir", run_dir, "--data_dir", data_dir]) == 0
-    with open(os.path.join(run_dir, evaluate.DEFAULT_OUT)) as f:
+def test_bits_per_subpixel_equal_the_training_runs_evaluation(trained_dir, data_dir, capsys):
+    assert evaluate.main(["--model_dir", trained_dir, "--data_dir", data_dir]) == 0
+    with open(os.path.join(trained_dir, evaluate.DEFAULT_OUT)) as f:
         written = json.load(f)
     got = written["likelihood"]
     assert (got["step"], got["split"], got["partial"]) == (4, "validation", False)
     assert got["checkpoint"].endswith(os.path.join("checkpoints", "ckpt-4"))
     # The training loop evaluated the same weights at step 4 with the same evaluator.
-    want = _eval_lines(run_dir)[-1]
+    want = _eval_lines(trained_dir)[-1]
     assert want["step"] == 4
     names = [k for k in want if k not in ("step", "split", "partial")]
     assert "chunk_1/value_bits_per_subpixel" in names  # sequences longer than one chunk
@@ -113,7 +113,7 @@ def test_bits_per_subpixel_equal_the_training_runs_evaluation(run_dir, data_dir,
         parts = sum(got[f"chunk_{k}/{c}_bits_per_subpixel"] for c in COMPONENTS)
         assert got[f"chunk_{k}/bits_per_subpixel"] == pytest.approx(parts, rel=1e-9)
 
-    tags = _tags(os.path.join(run_dir, evaluate.SUMMARY_DIR, "validation"))
+    tags = _tags(os.path.join(trained_dir, evaluate.SUMMARY_DIR, "validation"))
     for name in ("bits_per_subpixel", "position_bits_per_subpixel", "chunk_0/bits_per_subpixel"):
         step, value = tags[name]
         assert step == 4 and value == pytest.approx(got[name], rel=1e-6)
@@ -121,19 +121,21 @@ def test_bits_per_subpixel_equal_the_training_runs_evaluation(run_dir, data_dir,
 
     # The figures do not depend on the batch size; an older checkpoint gives the training
     # run's evaluation at its step.
-    out = os.path.join(run_dir, "batch3.json")
-    args = ["--model_dir", run_dir, "--data_dir", data_dir, "--out", out]
+    out = os.path.join(trained_dir, "batch3.json")
+    args = ["--model_dir", trained_dir, "--data_dir", data_dir, "--out", out]
     assert evaluate.main([*args, "--batch_size", "3", "--checkpoint", "2"]) == 0
     with open(out) as f:
         older = json.load(f)["likelihood"]
-    want = _eval_lines(run_dir)[0]
+    want = _eval_lines(trained_dir)[0]
     assert (older["step"], older["batch_size"], want["step"]) == (2, 3, 2)
     for name in names:
         assert older[name] == pytest.approx(want[name], rel=1e-5), name
 
 
-def test_load_run_unpacks_and_names_what_is_missing(run_dir, tmp_path):
-    model, model_config, dct_config, train_config = evaluate.load_run(run_dir, log=lambda _: None)
+def test_load_run_unpacks_and_names_what_is_missing(trained_dir, tmp_path):
+    model, model_config, dct_config, train_config = run_dir.load_run(
+        trained_dir, log=lambda _: None
+    )
     assert dct_config == representation.DCTConfig(block_size=4, quality=75, resolution=32, clip=200)
     assert model_config.dct == dct_config and model_config.hidden_size == 32
     assert (train_config.batch_size, train_config.chunk_size, train_config.overlap) == (4, 16, 4)
@@ -142,9 +144,9 @@ def test_load_run_unpacks_and_names_what_is_missing(run_dir, tmp_path):
     # of steps 2 and 4 differ in every trainable variable (a restore that reached only some
     # variables would leave the others at their identical initial values).
     keras.utils.set_random_seed(0)
-    older = evaluate.load_run(run_dir, checkpoint=2, log=lambda _: None)
+    older = run_dir.load_run(trained_dir, checkpoint=2, log=lambda _: None)
     keras.utils.set_random_seed(0)
-    newest = evaluate.load_run(run_dir, log=lambda _: None)
+    newest = run_dir.load_run(trained_dir, log=lambda _: None)
     assert (older.step, newest.step) == (2, 4) and older.checkpoint.endswith("ckpt-2")
     pairs = zip(older.model.trainable_weights, newest.model.trainable_weights)
     unchanged = [a.path for a, b in pairs if np.array_equal(a.numpy(), b.numpy())]
@@ -152,24 +154,24 @@ def test_load_run_unpacks_and_names_what_is_missing(run_dir, tmp_path):
     for a, b in zip(model.get_weights(), newest.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
-    with pytest.raises(evaluate.RunDirectoryError, match="does not exist"):
-        evaluate.load_run(str(tmp_path / "nowhere"))
-    with pytest.raises(evaluate.RunDirectoryError, match="operative_config.gin does not exist"):
-        evaluate.load_run(str(tmp_path))
-    shutil.copy(os.path.join(run_dir, train.OPERATIVE_CONFIG_FILE), tmp_path)
-    with pytest.raises(evaluate.RunDirectoryError, match="no checkpoint in .*checkpoints"):
-        evaluate.load_run(str(tmp_path))
-    with pytest.raises(evaluate.RunDirectoryError, match="no checkpoint 3"):
-        evaluate.load_run(run_dir, checkpoint=3)
+    with pytest.raises(run_dir.RunDirectoryError, match="does not exist"):
+        run_dir.load_run(str(tmp_path / "nowhere"))
+    with pytest.raises(run_dir.RunDirectoryError, match="config.json does not exist"):
+        run_dir.load_run(str(tmp_path))
+    shutil.copy(os.path.join(trained_dir, run_dir.RUN_CONFIG_FILE), tmp_path)
+    with pytest.raises(run_dir.RunDirectoryError, match="no checkpoint in .*checkpoints"):
+        run_dir.load_run(str(tmp_path))
+    with pytest.raises(run_dir.RunDirectoryError, match="no checkpoint 3"):
+        run_dir.load_run(trained_dir, checkpoint=3)
 
 
-def test_sample_metrics_end_to_end_with_a_stand_in_network(run_dir, data_dir, tmp_path):
+def test_sample_metrics_end_to_end_with_a_stand_in_network(trained_dir, data_dir, tmp_path):
     samples = str(tmp_path / "samples")
     photos.write_crops(samples, 10, seed=5, sides=(24, 40))
     out = str(tmp_path / "evaluation.json")
     lines = []
     common = dict(
-        model_dir=run_dir,
+        model_dir=trained_dir,
         samples_dir=samples,
         num_samples=10,
         reference_data_dir=data_dir,
@@ -186,9 +188,9 @@ def test_sample_metrics_end_to_end_with_a_stand_in_network(run_dir, data_dir, tm
     assert "likelihood" not in result and got["extractor"] == "test-convnet"
     with open(out) as f:
         assert json.load(f) == json.loads(json.dumps(result))
-    cache = os.path.join(run_dir, evaluate.SUMMARY_DIR, "reference_train_8.npz")
+    cache = os.path.join(trained_dir, evaluate.SUMMARY_DIR, "reference_train_8.npz")
     assert got["reference_cache"] == cache and os.path.exists(cache)
-    tags = _tags(os.path.join(run_dir, evaluate.SUMMARY_DIR, "samples"))
+    tags = _tags(os.path.join(trained_dir, evaluate.SUMMARY_DIR, "samples"))
     assert set(tags) == {"fid", "sfid", "precision", "recall"}
     assert tags["fid"] == (4, pytest.approx(got["fid"], rel=1e-6))
 
@@ -215,33 +217,35 @@ def _main(capsys, *args):
     return status, capsys.readouterr().err
 
 
-def test_bad_input_is_named(run_dir, data_dir, tmp_path, capsys):
+def test_bad_input_is_named(trained_dir, data_dir, tmp_path, capsys):
     missing = str(tmp_path / "missing")
     status, err = _main(capsys, "--model_dir", missing, "--data_dir", data_dir)
     assert status == 1 and f"--model_dir {missing} does not exist" in err
-    status, err = _main(capsys, "--model_dir", run_dir)
+    status, err = _main(capsys, "--model_dir", trained_dir)
     assert status == 2 and "nothing to evaluate" in err and "--data_dir" in err
     status, err = _main(capsys, "--data_dir", data_dir)
     assert status == 2 and "--model_dir" in err
-    status, err = _main(capsys, "--model_dir", run_dir, "--data_dir", missing)
+    status, err = _main(capsys, "--model_dir", trained_dir, "--data_dir", missing)
     assert status == 1 and f"--data_dir {missing} is not a dataset directory" in err
-    status, err = _main(capsys, "--model_dir", run_dir, "--data_dir", data_dir, "--split", "test")
+    status, err = _main(
+        capsys, "--model_dir", trained_dir, "--data_dir", data_dir, "--split", "test"
+    )
     assert status == 1 and "'test'" in err
     status, err = _main(capsys, "--model_dir", str(tmp_path), "--data_dir", data_dir)
-    assert status == 1 and "operative_config.gin does not exist" in err
+    assert status == 1 and "config.json does not exist" in err
     no_checkpoints = tmp_path / "untrained"
     no_checkpoints.mkdir()
-    shutil.copy(os.path.join(run_dir, train.OPERATIVE_CONFIG_FILE), no_checkpoints)
+    shutil.copy(os.path.join(trained_dir, run_dir.RUN_CONFIG_FILE), no_checkpoints)
     status, err = _main(capsys, "--model_dir", str(no_checkpoints), "--data_dir", data_dir)
     assert status == 1 and "no checkpoint in" in err and str(no_checkpoints) in err
 
     samples = str(tmp_path / "samples")
     photos.write_crops(samples, 4, seed=6)
-    status, err = _main(capsys, "--model_dir", run_dir, "--samples_dir", missing)
+    status, err = _main(capsys, "--model_dir", trained_dir, "--samples_dir", missing)
     assert status == 1 and f"--samples_dir {missing} is not a folder" in err
-    status, err = _main(capsys, "--model_dir", run_dir, "--samples_dir", samples)
+    status, err = _main(capsys, "--model_dir", trained_dir, "--samples_dir", samples)
     assert status == 2 and "--reference_data_dir" in err
-    args = ["--model_dir", run_dir, "--samples_dir", samples, "--reference_data_dir", data_dir]
+    args = ["--model_dir", trained_dir, "--samples_dir", samples, "--reference_data_dir", data_dir]
     status, err = _main(capsys, *args)
     assert status == 1 and "holds 4 images, fewer than --num_samples 50000" in err
     status, err = _main(capsys, *args, "--num_samples", "4", "--num_reference", "9")
@@ -252,14 +256,14 @@ def test_bad_input_is_named(run_dir, data_dir, tmp_path, capsys):
     assert metrics.INCEPTION_WEIGHTS_URL in err
 
 
-def test_generated_samples_feed_the_sample_metrics(run_dir, data_dir, tmp_path):
-    run = evaluate.load_run(run_dir, log=lambda _: None)
+def test_generated_samples_feed_the_sample_metrics(trained_dir, data_dir, tmp_path):
+    run = run_dir.load_run(trained_dir, log=lambda _: None)
     out = str(tmp_path / "generated")
     evaluate.generate_samples(run, num_samples=5, out_dir=out, max_chunks=3, log=None)
     files = sorted(os.listdir(out))
     assert files == [f"generated_{i:06d}.png" for i in range(5)]
     result = evaluate.run_evaluation(
-        model_dir=run_dir,
+        model_dir=trained_dir,
         samples_dir=out,
         num_samples=5,
         reference_data_dir=data_dir,

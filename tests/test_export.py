@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs.build_dataset import run_pipeline
-from dct_gen import configs, evaluate, export, photos, records, sample, train
+from dct_gen import configs, export, photos, records, run_dir, sample, train
 
 GIN = "experiments/test.gin"
 # A trained run and a SavedModel export take about two minutes: `make test-slow`.
@@ -57,15 +57,15 @@ def run(tmp_path_factory):
 
 def test_a_run_loads_from_its_config_json(tmp_path, run):
     _, _, model_dir, model_config, train_config = run
-    assert not os.path.exists(os.path.join(model_dir, train.OPERATIVE_CONFIG_FILE))
-    loaded = evaluate.load_run(model_dir, mixed_precision=False, log=lambda _: None)
+    assert not os.path.exists(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE))
+    loaded = run_dir.load_run(model_dir, mixed_precision=False, log=lambda _: None)
     assert (loaded.model_config, loaded.train_config, loaded.step) == (
         model_config,
         train_config,
         20,
     )
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        evaluate.load_run(str(tmp_path / "missing"))
+        run_dir.load_run(str(tmp_path / "missing"))
 
 
 def test_sample_command_line_on_a_trained_run(run, capsys):
@@ -169,7 +169,7 @@ def test_saved_model_in_a_fresh_process(run):
     assert export.main(["--model_dir", model_dir, "--out", saved, "--max_chunks", "6"]) == 0
 
     # The training run's own evaluation of the one-image split (eval.jsonl, step 20).
-    with open(os.path.join(model_dir, train.EVAL_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.EVAL_FILE)) as f:
         results = json.loads(f.read().strip().splitlines()[-1])
     assert results["step"] == 20 and results["sequences"] == 1
     (raw,) = list(tf.data.TFRecordDataset(records.split_files(data_dir, "one")))

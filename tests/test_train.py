@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs.build_dataset import run_pipeline
-from dct_gen import configs, photos, train
+from dct_gen import configs, photos, run_dir, train
 from dct_gen.representation import DCTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,7 @@ def _run(data_dir, model_dir, lines=None, **kwargs):
 
 
 def _metrics(model_dir):
-    with open(os.path.join(model_dir, train.METRICS_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
 
 
@@ -120,7 +120,7 @@ def test_loss_goes_down_and_logs_are_written(trained):
     assert lrs[1] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0, abs=1e-9)
     assert sum("ETA" in line for line in lines) == 30
 
-    with open(os.path.join(model_dir, train.EVAL_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.EVAL_FILE)) as f:
         evals = [json.loads(line) for line in f]
     assert [e["step"] for e in evals] == [15, 30]
     last = evals[-1]
@@ -139,7 +139,7 @@ def test_loss_goes_down_and_logs_are_written(trained):
     assert {"loss", "value_bits_per_subpixel", "learning_rate", "grad_norm", "mfu"} <= tags["train"]
     assert {"samples", "heatmaps", "samples/mean_triples"} <= tags["train"]
     assert sum("samples at step 30: 2 logged" in line for line in lines) == 1
-    with open(os.path.join(model_dir, train.RUN_CONFIG_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)) as f:
         assert json.load(f)["model_config"]["dct"]["block_size"] == 4
     assert {"bits_per_subpixel", "chunk_0/position_bits_per_subpixel"} <= tags["eval"]
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[-1] == "ckpt-30.index"
@@ -156,7 +156,7 @@ def test_another_architecture_in_a_run_directory_is_refused(trained, data_dir):
     unmasked = _configs("model_config.structural_mask = False")
     result = _run(data_dir, copy, max_steps=31, model_config=unmasked["model_config"])
     assert (result.resumed_from, result.step) == (30, 31)
-    with open(os.path.join(copy, train.RUN_CONFIG_FILE)) as f:
+    with open(os.path.join(copy, run_dir.RUN_CONFIG_FILE)) as f:
         assert json.load(f)["model_config"]["structural_mask"] is False
 
 
@@ -224,7 +224,7 @@ def test_no_restorable_checkpoint_never_restarts_from_zero(trained, data_dir):
     shutil.copytree(model_dir, copy)
     for number in (10, 20, 30):
         _damage(copy, number, "truncated_data")
-    with pytest.raises(train.NoValidCheckpointError, match="refusing to start again from step 0"):
+    with pytest.raises(run_dir.NoValidCheckpointError, match="refusing to start again from step 0"):
         _run(data_dir, copy, max_steps=31)
     assert _metrics(copy)[-1]["step"] == 30  # nothing was logged or overwritten
 
@@ -234,7 +234,7 @@ def test_nan_loss_stops_the_run(data_dir, tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="stopping without saving"):
         _run(data_dir, tmp_path, max_steps=50, checkpoint_every=1, **cfg)
     steps = [m["step"] for m in _metrics(tmp_path)]
-    saved = train._checkpoint_numbers(os.path.join(tmp_path, "checkpoints"))
+    saved = run_dir.checkpoint_numbers(os.path.join(tmp_path, "checkpoints"))
     assert saved == sorted(steps, reverse=True)  # every finite step saved, the bad one not
 
 
@@ -276,7 +276,7 @@ def test_sigterm_saves_a_checkpoint(data_dir, tmp_path):
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    metrics = os.path.join(tmp_path, train.METRICS_FILE)
+    metrics = os.path.join(tmp_path, run_dir.METRICS_FILE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(metrics) and len(open(metrics).readlines()) >= 3:
@@ -288,7 +288,7 @@ def test_sigterm_saves_a_checkpoint(data_dir, tmp_path):
     last = _metrics(tmp_path)[-1]["step"]
     assert f"SIGTERM: saved checkpoint {last}" in out
     assert os.path.exists(os.path.join(tmp_path, "checkpoints", f"ckpt-{last}.index"))
-    with open(os.path.join(tmp_path, train.OPERATIVE_CONFIG_FILE)) as f:
+    with open(os.path.join(tmp_path, run_dir.OPERATIVE_CONFIG_FILE)) as f:
         operative = f.read()
     assert "train_config.batch_size = 4" in operative and "model_config.dropout = 0.1" in operative
     result = _run(data_dir, tmp_path, max_steps=last + 1)
