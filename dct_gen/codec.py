@@ -26,25 +26,21 @@ import json
 import math
 import os
 import sys
-import zipfile
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from dct_gen import images
+from dct_gen import images, pictures, sequence_file
 from dct_gen import representation as rep
+from dct_gen.errors import InputError
 
-NPZ_FORMAT = 1
-_TRIPLE_KEYS = ("channels", "positions", "values")
-_CONFIG_KEYS = ("block_size", "quality", "resolution", "clip", "ordering", "interval")
-NPZ_KEYS = ("format", *_TRIPLE_KEYS, "height", "width", "num_clipped", *_CONFIG_KEYS)
 DEFAULT_QUALITIES = (10, 25, 50, 75, 90, 95)
 DEFAULT_OUT = os.path.join("runs", "codec")
 _DEFAULTS = rep.DCTConfig()
 
 
-class CodecError(Exception):
+class CodecError(InputError):
     """A problem with an input file or a flag; the message names it."""
 
 
@@ -141,68 +137,6 @@ def bits_per_subpixel(bits: float, height: int, width: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# The .npz format.
-
-
-def save_npz(path: str, seq: rep.DCTSequence, cfg: rep.DCTConfig, source: str = "") -> None:
-    """Writes triples, size and config as a compressed .npz that loads without pickle."""
-    arrays = {
-        "format": np.int32(NPZ_FORMAT),
-        "channels": seq.channels.astype(np.int32),
-        "positions": seq.positions.astype(np.int32),
-        "values": seq.values.astype(np.int32),
-        "height": np.int32(seq.height),
-        "width": np.int32(seq.width),
-        "num_clipped": np.int64(seq.num_clipped),
-        "ordering": np.array(cfg.ordering),
-        "source": np.array(source),
-    }
-    for key in ("block_size", "quality", "resolution", "clip", "interval"):
-        arrays[key] = np.int32(getattr(cfg, key))
-    np.savez_compressed(path, **arrays)
-
-
-def load_npz(path: str) -> tuple[rep.DCTSequence, rep.DCTConfig]:
-    """Reads a file written by `save_npz`, checking keys, config and triples."""
-    if not os.path.exists(path):
-        raise CodecError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise CodecError(f"{path}: not an .npz file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except Exception as e:  # a zip, pickle or format error: the file is not an .npz we can read
-        raise CodecError(f"{path}: cannot read as .npz ({e})") from e
-    missing = [k for k in NPZ_KEYS if k not in data]
-    if missing:
-        raise CodecError(
-            f"{path}: missing keys {missing}; expected a .npz written by "
-            "`python -m dct_gen.codec encode`"
-        )
-    if int(data["format"]) != NPZ_FORMAT:
-        raise CodecError(f"{path}: format {int(data['format'])}, this version reads {NPZ_FORMAT}")
-    try:
-        cfg = rep.DCTConfig(
-            ordering=str(data["ordering"]),
-            **{k: int(data[k]) for k in _CONFIG_KEYS if k != "ordering"},
-        )
-        triples = [data[k] for k in _TRIPLE_KEYS]
-        for key, arr in zip(_TRIPLE_KEYS, triples, strict=True):
-            if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"{key} must be a 1-D integer array, got {arr.dtype} {arr.shape}")
-        rep.check_triples(*triples, cfg)
-        height, width = int(data["height"]), int(data["width"])
-        if not (0 < height <= cfg.resolution and 0 < width <= cfg.resolution):
-            raise ValueError(f"size {height}x{width} does not fit the {cfg.resolution} canvas")
-    except (ValueError, TypeError) as e:
-        raise CodecError(f"{path}: {e}") from e
-    seq = rep.DCTSequence(
-        *(t.astype(np.int32) for t in triples), height, width, int(data["num_clipped"])
-    )
-    return seq, cfg
-
-
-# ----------------------------------------------------------------------------------------------
 # encode / decode.
 
 
@@ -260,7 +194,7 @@ def encode_files(paths: Sequence[str], out_dir: str, **config) -> list[dict]:
             seq, record = encode_image(image, cfg)
         except ValueError as e:
             raise CodecError(f"{path}: {e}") from e
-        save_npz(out, seq, cfg, source=os.path.basename(path))
+        sequence_file.save_npz(out, seq, cfg, source=os.path.basename(path))
         record = {"image": path, "out": out, **record}
         print(json.dumps(record), flush=True)
         records.append(record)
@@ -269,109 +203,21 @@ def encode_files(paths: Sequence[str], out_dir: str, **config) -> list[dict]:
 
 def decode_file(path: str, out: str | None = None) -> dict:
     """Decodes a .npz to a PNG (default: `<stem>.decoded.png` beside it); prints a JSON line."""
-    seq, cfg = load_npz(path)
+    seq, cfg = sequence_file.load_npz(path)
     if out is None:
         out = os.path.splitext(path)[0] + ".decoded.png"
     try:
         image = rep.decode(seq, cfg)
     except ValueError as e:
         raise CodecError(f"{path}: {e}") from e
-    _save_png(Image.fromarray(image), out)
+    pictures.save_png(Image.fromarray(image), out)
     record = {"npz": path, "out": out, "height": seq.height, "width": seq.width, "length": len(seq)}
     print(json.dumps(record), flush=True)
     return record
 
 
-def _save_png(image: Image.Image, out: str) -> None:
-    try:
-        parent = os.path.dirname(out)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        image.save(out, format="PNG")
-    except (OSError, ValueError) as e:
-        raise CodecError(f"{out}: cannot write ({e})") from e
-
-
 # ----------------------------------------------------------------------------------------------
 # progressive (Figure 2g).
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
-def progressive_points(length: int, steps: int, spacing: str = "geometric") -> list[int]:
-    """The prefix lengths at which to decode: `steps` points ending at `length`.
-
-    `linear` spaces them evenly; `geometric` spaces them by a constant ratio from length/2^(steps-1)
-    (capped below at 1), which shows the coarse early images that linear spacing skips.
-    """
-    if steps < 1:
-        raise ValueError(f"steps={steps}: must be >= 1")
-    if length == 0:
-        return [0] * steps
-    k = np.arange(1, steps + 1)
-    if spacing == "linear":
-        points = np.rint(length * k / steps)
-    elif spacing == "geometric":
-        points = np.rint(length * 2.0 ** (k - steps))
-    else:
-        raise ValueError(f"spacing={spacing!r}: must be 'linear' or 'geometric'")
-    return [int(p) for p in np.clip(points, 1, length)]
-
-
-def _panel(image: np.ndarray, panel_size: int) -> Image.Image:
-    im = Image.fromarray(image)
-    if panel_size <= 0:
-        return im
-    h, w = image.shape[:2]
-    scale = panel_size / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # Nearest keeps block edges crisp when enlarging; Lanczos avoids aliasing when shrinking.
-    method = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-    return im.resize(size, method)
-
-
-def progressive_strip(
-    seq: rep.DCTSequence,
-    cfg: rep.DCTConfig,
-    *,
-    steps: int = 8,
-    spacing: str = "geometric",
-    panel_size: int = 256,
-    margin: int = 8,
-) -> tuple[Image.Image, list[int]]:
-    """Decodes `steps` prefixes of the sequence and lays them out left to right, labelled.
-
-    Each panel is the decoded prefix scaled so its long side is `panel_size` (0: decoded size);
-    below it, the number of triples decoded and their share of the sequence.
-
-    Returns:
-      The strip (RGB) and the prefix lengths.
-    """
-    points = progressive_points(len(seq), steps, spacing)
-    panels = [_panel(rep.decode(seq, cfg, num_triples=n), panel_size) for n in points]
-    pw, ph = panels[0].size
-    font = _font(max(11, min(16, pw // 12)))
-    label_h = 2 * (font.getbbox("0%")[3] + 4)
-    strip = Image.new(
-        "RGB", (steps * pw + (steps + 1) * margin, ph + 2 * margin + label_h), "white"
-    )
-    draw = ImageDraw.Draw(strip)
-    length = max(len(seq), 1)
-    for i, (panel, n) in enumerate(zip(panels, points, strict=True)):
-        x = margin + i * (pw + margin)
-        strip.paste(panel, (x, margin))
-        lines = (f"{n:,} triples", f"{100.0 * n / length:.3g}% of {len(seq):,}")
-        y = margin + ph + 4
-        for line in lines:
-            tw = draw.textlength(line, font=font)
-            draw.text((x + (pw - tw) / 2, y), line, fill="black", font=font)
-            y += label_h // 2
-    return strip, points
 
 
 def progressive_file(
@@ -379,7 +225,7 @@ def progressive_file(
 ) -> dict:
     """`progressive` for an image file (encoded with **config) or an encoded .npz."""
     if path.lower().endswith(".npz"):
-        seq, cfg = load_npz(path)
+        seq, cfg = sequence_file.load_npz(path)
     else:
         image = read_image(path)
         try:
@@ -390,8 +236,10 @@ def progressive_file(
     if out is None:
         stem = os.path.splitext(os.path.basename(path))[0]
         out = os.path.join(DEFAULT_OUT, f"{stem}.progressive.png")
-    strip, points = progressive_strip(seq, cfg, steps=steps, spacing=spacing, panel_size=panel_size)
-    _save_png(strip, out)
+    strip, points = pictures.progressive_strip(
+        seq, cfg, steps=steps, spacing=spacing, panel_size=panel_size
+    )
+    pictures.save_png(strip, out)
     record = {
         "image": path,
         "out": out,
@@ -522,7 +370,7 @@ def plot_stats(
     left, right, top, bottom = 72, 24, 76, 64
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    font, small = _font(15), _font(13)
+    font, small = pictures.font(15), pictures.font(13)
     x0, x1, y0, y1 = left, width - right, height - bottom, top  # plot box; y grows downwards
     ymax_data = max([s[k] for s in summary for k, _, _ in _SERIES] + [1e-3])
     ystep = _nice_step(ymax_data * 1.05)
@@ -617,7 +465,7 @@ def run_stats(
     res = config.get("resolution")
     res_text = "each image's own size" if res is None else f"long side {res}"
     title = f"Bits per subpixel, {len(files)} images, B={b}, {res_text}"
-    _save_png(plot_stats(summary, title), written["plot"])
+    pictures.save_png(plot_stats(summary, title), written["plot"])
     print(table, end="")
     for path in written.values():
         print(f"wrote {path}")
@@ -789,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_flags(args: argparse.Namespace) -> dict:
-    config = {k: getattr(args, k) for k in _CONFIG_KEYS if hasattr(args, k)}
+    config = {k: getattr(args, k) for k in sequence_file.CONFIG_KEYS if hasattr(args, k)}
     res, b = config["resolution"], config["block_size"]
     if res is not None and res % (2 * b):
         raise UsageError(f"--resolution {res}: must be a multiple of 2 * --block_size = {2 * b}")
@@ -823,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CodecError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

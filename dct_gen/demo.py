@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from dct_gen import codec, photos
+from dct_gen import codec, photos, pictures
 from dct_gen import representation as rep
 
 QUALITIES = (10, 25, 50, 75, 90, 95)
@@ -123,7 +123,7 @@ def step_data(out_dir: str) -> list[str]:
     test = os.path.join(d["images"], "test")
     os.makedirs(test, exist_ok=True)
     for path in held:
-        photos._save_png(photos.load_rgb(path), os.path.join(test, os.path.basename(path)))
+        pictures.save_png(photos.load_rgb(path), os.path.join(test, os.path.basename(path)))
     written = []
     for key, params in (("data", ()), ("data_luma_first", LUMA_FIRST[:1])):
         cfg, _, _ = _configs(params)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from dct_gen import images
+from dct_gen import images, pictures
 
 # File names inside skimage/data and sklearn/datasets/images.
 _SKIMAGE_COLOR = (
@@ -86,12 +86,6 @@ def write_crops(
         if flip and rng.random() < 0.5:
             crop = crop[:, ::-1]
         out = os.path.join(folder, f"{i:04d}.png")
-        _save_png(crop, out)
+        pictures.save_png(crop, out)
         written.append(out)
     return written
-
-
-def _save_png(image: np.ndarray, path: str) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(image)).save(path)

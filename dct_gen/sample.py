@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dct_gen import dct_ops, layers
+from dct_gen import dct_ops, layers, pictures, sequence_file
 from dct_gen import model as model_lib
 from dct_gen import representation as rep
 from dct_gen.representation import DCTConfig
@@ -794,54 +794,6 @@ def images_tf(channels, positions, values, lengths, cfg: DCTConfig, heights=None
 # Pictures: grids, heatmaps (paper Figure 1, right), progressive strips (Figure 2g).
 
 
-def heatmap(seq: rep.DCTSequence, cfg: DCTConfig, size: int | None = None) -> np.ndarray:
-    """Where content was placed: triples per block position, as an RGB image of the sample's
-    size (`size`: long side in pixels, default the image's), black (none) to white (most)."""
-    counts = np.bincount(seq.positions, minlength=cfg.num_positions).astype(np.float64)
-    counts = counts.reshape(cfg.grid, cfg.grid)
-    b = cfg.block_size
-    counts = counts[: -(-seq.height // b), : -(-seq.width // b)]
-    t = counts / max(counts.max(), 1.0)
-    # A black-red-yellow-white ramp.
-    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], -1)
-    rgb = np.repeat(np.repeat((rgb * 255).astype(np.uint8), b, 0), b, 1)[: seq.height, : seq.width]
-    if size:
-        scale = size / max(seq.height, seq.width)
-        shape = (max(1, round(seq.width * scale)), max(1, round(seq.height * scale)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(shape, Image.Resampling.NEAREST))
-    return rgb
-
-
-def grid(images: list[np.ndarray], columns: int | None = None, margin: int = 4) -> np.ndarray:
-    """Tiles uint8 RGB images (any sizes) row by row on white; cells take the largest size."""
-    if not images:
-        raise ValueError("grid: no images")
-    columns = columns or int(np.ceil(np.sqrt(len(images))))
-    rows = -(-len(images) // columns)
-    ch = max(im.shape[0] for im in images)
-    cw = max(im.shape[1] for im in images)
-    out = np.full(
-        (rows * ch + (rows + 1) * margin, columns * cw + (columns + 1) * margin, 3), 255, np.uint8
-    )
-    for i, im in enumerate(images):
-        r, c = divmod(i, columns)
-        y, x = margin + r * (ch + margin), margin + c * (cw + margin)
-        out[y : y + im.shape[0], x : x + im.shape[1]] = im[..., :3]
-    return out
-
-
-def _enlarge(image: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour enlargement to a long side of `size` (never shrinks)."""
-    scale = max(1, size // max(image.shape[:2]))
-    return np.repeat(np.repeat(image, scale, 0), scale, 1)
-
-
-def _save(image: np.ndarray, path: str) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(np.asarray(image, np.uint8)).save(path, format="PNG")
-    return path
-
-
 def write_samples(
     samples: Samples, out_dir: str, prefix: str = "sample", panel: int = 256
 ) -> dict[str, list[str]]:
@@ -849,25 +801,30 @@ def write_samples(
     `python -m dct_gen.codec decode` reads), PREFIX_NNN_heatmap.png and
     PREFIX_NNN_progressive.png; and PREFIX_grid.png, PREFIX_heatmaps.png and PREFIX.json (sizes,
     lengths, whether each stopped)."""
-    from dct_gen import codec
 
     cfg = samples.cfg
     files: dict[str, list[str]] = {"images": [], "triples": [], "heatmaps": [], "progressive": []}
     images, maps = [], []
     for i, (seq, image) in enumerate(zip(samples.sequences, samples.images())):
         stem = os.path.join(out_dir, f"{prefix}_{i:03d}")
-        files["images"].append(_save(image, stem + ".png"))
-        codec.save_npz(stem + ".npz", seq, cfg, source=f"{prefix} {i}")
+        files["images"].append(pictures.save_png(image, stem + ".png"))
+        sequence_file.save_npz(stem + ".npz", seq, cfg, source=f"{prefix} {i}")
         files["triples"].append(stem + ".npz")
-        hm = heatmap(seq, cfg)
-        files["heatmaps"].append(_save(_enlarge(hm, panel), stem + "_heatmap.png"))
-        strip, _ = codec.progressive_strip(seq, cfg, steps=6, panel_size=min(panel, 160))
+        hm = pictures.heatmap(seq, cfg)
+        files["heatmaps"].append(
+            pictures.save_png(pictures.enlarge(hm, panel), stem + "_heatmap.png")
+        )
+        strip, _ = pictures.progressive_strip(seq, cfg, steps=6, panel_size=min(panel, 160))
         files["progressive"].append(stem + "_progressive.png")
         strip.save(files["progressive"][-1], format="PNG")
-        images.append(_enlarge(image, panel))
-        maps.append(_enlarge(hm, panel))
-    files["grid"] = [_save(grid(images), os.path.join(out_dir, f"{prefix}_grid.png"))]
-    files["heatmap_grid"] = [_save(grid(maps), os.path.join(out_dir, f"{prefix}_heatmaps.png"))]
+        images.append(pictures.enlarge(image, panel))
+        maps.append(pictures.enlarge(hm, panel))
+    files["grid"] = [
+        pictures.save_png(pictures.grid(images), os.path.join(out_dir, f"{prefix}_grid.png"))
+    ]
+    files["heatmap_grid"] = [
+        pictures.save_png(pictures.grid(maps), os.path.join(out_dir, f"{prefix}_heatmaps.png"))
+    ]
     summary = {
         "num_samples": len(samples.sequences),
         "seconds": round(samples.seconds, 3),
@@ -1042,15 +999,14 @@ def _read_inputs(paths: list[str]) -> list[np.ndarray]:
 
 def _comparisons(task, inputs, samples, per_image, out_dir, panel=256) -> list[str]:
     """One PNG per input: the input (enlarged), then its samples."""
-    from dct_gen import codec
 
     written = []
     images = samples.images()
-    fit = lambda image: np.asarray(codec._panel(np.asarray(image, np.uint8), panel))
+    fit = lambda image: np.asarray(pictures.panel(np.asarray(image, np.uint8), panel))
     for i, image in enumerate(inputs):
         row = [fit(image)] + [fit(im) for im in images[i * per_image : (i + 1) * per_image]]
         path = os.path.join(out_dir, f"{task}_{i:03d}_comparison.png")
-        written.append(_save(grid(row, columns=len(row)), path))
+        written.append(pictures.save_png(pictures.grid(row, columns=len(row)), path))
     return written
 
 

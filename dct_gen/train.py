@@ -585,6 +585,7 @@ def train(
 
         def log_samples(at_step: int) -> None:
             """Unconditional samples to TensorBoard: the grid and the heatmaps."""
+            from dct_gen import pictures
             from dct_gen import sample as sample_lib
 
             start = time.perf_counter()
@@ -601,14 +602,14 @@ def train(
                 options=sample_lib.SampleOptions(max_chunks=max_chunks),
                 seed=seed + at_step,
             )
-            images = [sample_lib._enlarge(im, 128) for im in samples.images()]
+            images = [pictures.enlarge(im, 128) for im in samples.images()]
             maps = [
-                sample_lib._enlarge(sample_lib.heatmap(s, model_config.dct), 128)
+                pictures.enlarge(pictures.heatmap(s, model_config.dct), 128)
                 for s in samples.sequences
             ]
             with train_writer.as_default(step=at_step):
-                tf.summary.image("samples", sample_lib.grid(images)[None], step=at_step)
-                tf.summary.image("heatmaps", sample_lib.grid(maps)[None], step=at_step)
+                tf.summary.image("samples", pictures.grid(images)[None], step=at_step)
+                tf.summary.image("heatmaps", pictures.grid(maps)[None], step=at_step)
                 tf.summary.scalar(
                     "samples/mean_triples",
                     float(np.mean([len(q) for q in samples.sequences])),

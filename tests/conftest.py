@@ -1,7 +1,11 @@
-"""Shared fixtures: the real photos bundled with scikit-image and scikit-learn, loaded once."""
+"""Shared fixtures: the real photos bundled with scikit-image and scikit-learn, the test
+config, datasets the Beam job writes from photo crops, and one trained run of the test config.
+
+No test imports another test file; what several need lives here."""
 
 import functools
 import os
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,3 +48,109 @@ def color_photos() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def gray_photo() -> np.ndarray:
     return _load(photos.gray_photo_paths()[0])[:, :, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and a trained run of the test config, built once per session and shared.
+
+TEST_GIN = "experiments/test.gin"
+
+
+def load_test_configs(*params: str) -> dict:
+    """The test config's dct_config, model_config and train_config (with extra bindings)."""
+    import gin
+
+    from dct_gen import cli, configs
+
+    cli.parse_gin([TEST_GIN], list(params))
+    try:
+        return dict(
+            dct_config=configs.dct_config(),
+            model_config=configs.model_config(),
+            train_config=configs.train_config(),
+        )
+    finally:
+        gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def make_dataset(tmp_path_factory):
+    """A factory: make_dataset(cfg, splits, num_shards=2) -> a dataset directory written by the
+    Beam job from real photo crops; splits maps a split name to (number of images, seed).
+    Each distinct call is built once per session."""
+    from beam_jobs.build_dataset import run_pipeline
+
+    built = {}
+
+    def make(cfg, splits: dict[str, tuple[int, int]], num_shards: int = 2) -> str:
+        key = (cfg, tuple(sorted(splits.items())), num_shards)
+        if key not in built:
+            tmp = str(tmp_path_factory.mktemp("dataset"))
+            out = os.path.join(tmp, "data")
+            for split, (count, seed) in splits.items():
+                images = os.path.join(tmp, f"images_{split}")
+                photos.write_crops(images, count, seed=seed)
+                run_pipeline(
+                    output_dir=out,
+                    cfg=cfg,
+                    image_glob=f"{images}/*.png",
+                    split=split,
+                    num_shards=num_shards,
+                )
+            built[key] = out
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def test_configs():
+    """A function: test_configs(*gin_bindings) -> dict(dct_config=, model_config=,
+    train_config=) of gin/experiments/test.gin (gin is left cleared)."""
+    return load_test_configs
+
+
+# The test config's splits: 16 training images, 4 held out, and a split of one image.
+TEST_SPLITS = {"train": (16, 0), "validation": (4, 1), "one": (1, 5)}
+
+
+@pytest.fixture(scope="session")
+def test_data_dir(make_dataset) -> str:
+    """The test config's dataset (TEST_SPLITS)."""
+    return make_dataset(load_test_configs()["dct_config"], TEST_SPLITS)
+
+
+class TrainedRun(NamedTuple):
+    model_dir: str
+    data_dir: str
+    result: object  # the training library's TrainResult
+    lines: list  # the console lines it printed
+
+
+@pytest.fixture(scope="session")
+def trained_run(test_data_dir, tmp_path_factory) -> TrainedRun:
+    """The test config trained for 30 steps on test_data_dir: checkpoints every 10 steps,
+    held-out evaluations of 'validation' at 15 and 30, TensorBoard samples at 30.
+
+    Shared by every test that needs a trained run: tests must not write into its directory
+    (copy it first)."""
+    from dct_gen import train
+
+    model_dir = str(tmp_path_factory.mktemp("trained_run"))
+    lines = []
+    result = train.train(
+        **load_test_configs(),
+        data_dir=test_data_dir,
+        model_dir=model_dir,
+        max_steps=30,
+        log_every=1,
+        checkpoint_every=10,
+        eval_split="validation",
+        eval_every=15,
+        sample_every=30,
+        num_samples=2,
+        sample_max_chunks=2,
+        peak_flops=1e11,  # a fixed MFU denominator: tests skip the peak measurement
+        log=lines.append,
+    )
+    return TrainedRun(model_dir, test_data_dir, result, lines)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dct_gen import codec, demo, photos
+from dct_gen import codec, demo, photos, pictures, sequence_file
 from dct_gen import representation as rep
 
 
@@ -89,7 +89,7 @@ def test_encode_prints_one_json_line_and_writes_npz(made_png, tmp_path, capsys):
 
     assert record["out"] == str(out / "made.npz")
     with np.load(record["out"], allow_pickle=False) as npz:
-        assert set(codec.NPZ_KEYS) <= set(npz.files)
+        assert set(sequence_file.NPZ_KEYS) <= set(npz.files)
         np.testing.assert_array_equal(npz["channels"], seq.channels)
         np.testing.assert_array_equal(npz["positions"], seq.positions)
         np.testing.assert_array_equal(npz["values"], seq.values)
@@ -162,11 +162,11 @@ def test_gray_rgba_and_16_bit_inputs(tmp_path, capsys):
     assert codec.main(["encode", *paths, "--quality", "95", "--out", str(tmp_path / "o")]) == 0
     assert len(_json_lines(capsys.readouterr().out)) == 3
 
-    gray_seq, cfg = codec.load_npz(str(tmp_path / "o" / "gray.npz"))
+    gray_seq, cfg = sequence_file.load_npz(str(tmp_path / "o" / "gray.npz"))
     assert gray_seq.channels.max() < cfg.channels_per_plane  # replicated gray: no chroma at all
-    clear_seq, cfg = codec.load_npz(str(tmp_path / "o" / "clear.npz"))
+    clear_seq, cfg = sequence_file.load_npz(str(tmp_path / "o" / "clear.npz"))
     assert rep.decode(clear_seq, cfg).min() >= 250  # composited on white
-    deep_seq, cfg = codec.load_npz(str(tmp_path / "o" / "deep.npz"))
+    deep_seq, cfg = sequence_file.load_npz(str(tmp_path / "o" / "deep.npz"))
     # Scaled from 16 bits to 8, not clipped: the same image as the 8-bit gray one.
     np.testing.assert_array_equal(deep_seq.values, gray_seq.values)
 
@@ -176,13 +176,13 @@ def test_gray_rgba_and_16_bit_inputs(tmp_path, capsys):
 
 
 def test_progressive_points():
-    assert codec.progressive_points(1000, 4, "linear") == [250, 500, 750, 1000]
-    assert codec.progressive_points(1000, 4, "geometric") == [125, 250, 500, 1000]
-    assert codec.progressive_points(3, 5, "geometric") == [1, 1, 1, 2, 3]
-    assert codec.progressive_points(0, 3) == [0, 0, 0]
-    assert codec.progressive_points(7, 1) == [7]
+    assert pictures.progressive_points(1000, 4, "linear") == [250, 500, 750, 1000]
+    assert pictures.progressive_points(1000, 4, "geometric") == [125, 250, 500, 1000]
+    assert pictures.progressive_points(3, 5, "geometric") == [1, 1, 1, 2, 3]
+    assert pictures.progressive_points(0, 3) == [0, 0, 0]
+    assert pictures.progressive_points(7, 1) == [7]
     with pytest.raises(ValueError, match="spacing"):
-        codec.progressive_points(10, 2, "cubic")
+        pictures.progressive_points(10, 2, "cubic")
 
 
 def test_progressive_strip_panels_are_the_decoded_prefixes(tmp_path, capsys):
@@ -200,7 +200,7 @@ def test_progressive_strip_panels_are_the_decoded_prefixes(tmp_path, capsys):
     cfg = rep.DCTConfig(resolution=64)
     seq = rep.encode(_made_image(40, 64, seed=5), cfg)
     assert record["length"] == len(seq) and record["points"][-1] == len(seq)
-    assert record["points"] == codec.progressive_points(len(seq), steps, "linear")
+    assert record["points"] == pictures.progressive_points(len(seq), steps, "linear")
     for i, n in enumerate(record["points"]):
         x = margin + i * (w + margin)
         panel = strip[margin : margin + h, x : x + w]

@@ -13,8 +13,8 @@ import tensorflow as tf
 from test_model import build, real_window, small_config, stack_windows
 
 from dct_gen import model as model_lib
+from dct_gen import pictures, sample
 from dct_gen import representation as rep
-from dct_gen import sample
 
 
 def _with_ordering(config, ordering):
@@ -243,7 +243,7 @@ def test_pictures(photo_sequences, tmp_path):
         assert len(files[key]) == 2 and all(os.path.exists(p) for p in files[key])
     summary = json.load(open(files["summary"][0]))
     assert [s["stopped"] for s in summary["samples"]] == [True, False]
-    hm = sample.heatmap(seqs[0], cfg)
+    hm = pictures.heatmap(seqs[0], cfg)
     assert hm.shape == (seqs[0].height, seqs[0].width, 3)
     # The busiest block is white, a block without triples black.
     counts = np.bincount(seqs[0].positions, minlength=cfg.num_positions)

@@ -1,0 +1,157 @@
+"""Pictures of sequences and samples: grids, heatmaps (paper Figure 1, right) and progressive
+strips (Figure 2g), and writing them as PNG files.
+
+numpy, Pillow and the representation only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from dct_gen import representation as rep
+from dct_gen.errors import InputError
+from dct_gen.representation import DCTConfig
+
+
+def save_png(image: np.ndarray | Image.Image, path: str) -> str:
+    """Writes an RGB image (array or PIL) as a PNG, creating the folder; returns the path.
+
+    Raises:
+      InputError: the file cannot be written (the message names it).
+    """
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.ascontiguousarray(np.asarray(image, np.uint8)))
+    try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        image.save(path, format="PNG")
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot write ({e})") from e
+    return path
+
+
+def heatmap(seq: rep.DCTSequence, cfg: DCTConfig, size: int | None = None) -> np.ndarray:
+    """Where content was placed: triples per block position, as an RGB image of the sample's
+    size (`size`: long side in pixels, default the image's), black (none) to white (most)."""
+    counts = np.bincount(seq.positions, minlength=cfg.num_positions).astype(np.float64)
+    counts = counts.reshape(cfg.grid, cfg.grid)
+    b = cfg.block_size
+    counts = counts[: -(-seq.height // b), : -(-seq.width // b)]
+    t = counts / max(counts.max(), 1.0)
+    # A black-red-yellow-white ramp.
+    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], -1)
+    rgb = np.repeat(np.repeat((rgb * 255).astype(np.uint8), b, 0), b, 1)[: seq.height, : seq.width]
+    if size:
+        scale = size / max(seq.height, seq.width)
+        shape = (max(1, round(seq.width * scale)), max(1, round(seq.height * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(shape, Image.Resampling.NEAREST))
+    return rgb
+
+
+def grid(images: list[np.ndarray], columns: int | None = None, margin: int = 4) -> np.ndarray:
+    """Tiles uint8 RGB images (any sizes) row by row on white; cells take the largest size."""
+    if not images:
+        raise ValueError("grid: no images")
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    rows = -(-len(images) // columns)
+    ch = max(im.shape[0] for im in images)
+    cw = max(im.shape[1] for im in images)
+    out = np.full(
+        (rows * ch + (rows + 1) * margin, columns * cw + (columns + 1) * margin, 3), 255, np.uint8
+    )
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        y, x = margin + r * (ch + margin), margin + c * (cw + margin)
+        out[y : y + im.shape[0], x : x + im.shape[1]] = im[..., :3]
+    return out
+
+
+def enlarge(image: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour enlargement to a long side of `size` (never shrinks)."""
+    scale = max(1, size // max(image.shape[:2]))
+    return np.repeat(np.repeat(image, scale, 0), scale, 1)
+
+
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` points (the small bitmap font without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def progressive_points(length: int, steps: int, spacing: str = "geometric") -> list[int]:
+    """The prefix lengths at which to decode: `steps` points ending at `length`.
+
+    `linear` spaces them evenly; `geometric` spaces them by a constant ratio from length/2^(steps-1)
+    (capped below at 1), which shows the coarse early images that linear spacing skips.
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps}: must be >= 1")
+    if length == 0:
+        return [0] * steps
+    k = np.arange(1, steps + 1)
+    if spacing == "linear":
+        points = np.rint(length * k / steps)
+    elif spacing == "geometric":
+        points = np.rint(length * 2.0 ** (k - steps))
+    else:
+        raise ValueError(f"spacing={spacing!r}: must be 'linear' or 'geometric'")
+    return [int(p) for p in np.clip(points, 1, length)]
+
+
+def panel(image: np.ndarray, panel_size: int) -> Image.Image:
+    """The image scaled so its long side is panel_size (0: as it is): nearest neighbour when
+    enlarging, Lanczos when shrinking."""
+    im = Image.fromarray(image)
+    if panel_size <= 0:
+        return im
+    h, w = image.shape[:2]
+    scale = panel_size / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Nearest keeps block edges crisp when enlarging; Lanczos avoids aliasing when shrinking.
+    method = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    return im.resize(size, method)
+
+
+def progressive_strip(
+    seq: rep.DCTSequence,
+    cfg: rep.DCTConfig,
+    *,
+    steps: int = 8,
+    spacing: str = "geometric",
+    panel_size: int = 256,
+    margin: int = 8,
+) -> tuple[Image.Image, list[int]]:
+    """Decodes `steps` prefixes of the sequence and lays them out left to right, labelled.
+
+    Each panel is the decoded prefix scaled so its long side is `panel_size` (0: decoded size);
+    below it, the number of triples decoded and their share of the sequence.
+
+    Returns:
+      The strip (RGB) and the prefix lengths.
+    """
+    points = progressive_points(len(seq), steps, spacing)
+    panels = [panel(rep.decode(seq, cfg, num_triples=n), panel_size) for n in points]
+    pw, ph = panels[0].size
+    text_font = font(max(11, min(16, pw // 12)))
+    label_h = 2 * (text_font.getbbox("0%")[3] + 4)
+    strip = Image.new(
+        "RGB", (steps * pw + (steps + 1) * margin, ph + 2 * margin + label_h), "white"
+    )
+    draw = ImageDraw.Draw(strip)
+    length = max(len(seq), 1)
+    for i, (picture, n) in enumerate(zip(panels, points, strict=True)):
+        x = margin + i * (pw + margin)
+        strip.paste(picture, (x, margin))
+        lines = (f"{n:,} triples", f"{100.0 * n / length:.3g}% of {len(seq):,}")
+        y = margin + ph + 4
+        for line in lines:
+            tw = draw.textlength(line, font=text_font)
+            draw.text((x + (pw - tw) / 2, y), line, fill="black", font=text_font)
+            y += label_h // 2
+    return strip, points
