@@ -1,0 +1,920 @@
+"""Chunked autoregressive sampling with key/value caches (paper 3.3; DESIGN.md "Sampling").
+
+`Sampler(model, model_config)` walks the layers of a model built by `dct_gen.model.build_model`
+(weights shared, nothing copied) and samples sequences of (channel, position, value) triples
+chunk by chunk, exactly as the model was trained on them (`dct_gen.data`):
+
+- chunk k of a sequence starts at element start = base + k * C (base: 0, or the number of luma
+  elements for colorization, whose targets are the chroma part); its window is the O + C
+  elements from first = max(start - O, 0), and the encoder sees the DCT image of the elements
+  before `start`;
+- per chunk, the DCT image is built and encoded once, and the cross-attention keys and values
+  of every decoder layer are computed once;
+- then, element by element, the channel decoder, the channel draw, the position decoder, the
+  position draw, the value decoder and the value draw run in turn, each decoder over one new
+  element with a key/value cache of its self-attention layers (the cache holds the window);
+- elements that are already known (the overlap, or a task's context) are forced instead of
+  drawn. When the whole overlap is known for every running image, it is pushed through the
+  decoders in one parallel pass (the prefill) instead of element by element.
+
+Each image stops at its stop token while the others continue; sampling also stops after
+`max_chunks` chunks (the image is then a truncated, still decodable, prefix). The structural
+mask of the model is applied as in training, so sampled sequences are always valid triples.
+Draws use temperature, top-k and top-p (nucleus) filtering on each of the three distributions,
+with stateless random numbers keyed on (seed, chunk, element, component): the same seed gives
+the same sequences.
+
+Everything runs in TensorFlow graphs with static shapes: `sample_chunk` is one tf.function
+per chunk (the Python driver `sample` loops over chunks, reporting progress, and stops early);
+`sample_graph` puts the chunk loop itself in the graph (the SavedModel export uses it).
+
+Shapes: b batch, N sequence buffer, W = O + C window, d hidden, h heads, k key size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from dct_gen import dct_ops, layers, pictures, sequence_file
+from dct_gen import model as model_lib
+from dct_gen import representation as rep
+from dct_gen.representation import DCTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    """How draws are made.
+
+    Attributes:
+      temperature: logits are divided by it (> 0).
+      top_p: nucleus sampling, keep the smallest set of values whose probability reaches top_p
+        (1: off).
+      top_k: keep the k most likely (0: off).
+      max_chunks: the chunk limit per image (past its context).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_chunks: int = 64
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature}: must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 is off)")
+        if self.max_chunks < 1:
+            raise ValueError(f"max_chunks={self.max_chunks}: must be >= 1")
+
+
+def filter_logits(logits, temperature, top_p, top_k):
+    """Temperature, then top-k, then top-p on (b, vocab) float32 logits (tensors or numbers).
+
+    Filtered entries get MASK_VALUE; the most likely entry always stays.
+    """
+    logits = logits / tf.cast(temperature, tf.float32)
+    top_k = tf.cast(top_k, tf.int32)
+    top_p = tf.cast(top_p, tf.float32)
+    vocab = tf.shape(logits)[-1]
+
+    def filtered():
+        ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
+        # top-k: the k-th largest logit is the threshold.
+        k = tf.clip_by_value(tf.where(top_k > 0, top_k, vocab), 1, vocab)
+        kth = tf.gather(ordered, k - 1, axis=-1)[:, None]
+        # top-p: keep an entry while the probability before it is below top_p.
+        probs = tf.nn.softmax(ordered, axis=-1)
+        before = tf.cumsum(probs, axis=-1, exclusive=True)
+        kept = tf.where(before < top_p, ordered, tf.float32.max)
+        pth = tf.reduce_min(kept, axis=-1, keepdims=True)
+        threshold = tf.maximum(kth, pth)
+        return tf.where(logits >= threshold, logits, layers.MASK_VALUE)
+
+    return tf.cond((top_k > 0) | (top_p < 1.0), filtered, lambda: logits)
+
+
+def _gather(buffer, index):
+    """buffer (b, N), index (b,) -> (b,), indices clipped into the buffer."""
+    n = tf.shape(buffer)[1]
+    return tf.gather(buffer, tf.clip_by_value(index, 0, n - 1)[:, None], batch_dims=1)[:, 0]
+
+
+def _write(buffer, index, value, where):
+    """buffer[b, index[b]] = value[b] where `where` (b,), else unchanged."""
+    old = _gather(buffer, index)
+    n = tf.shape(buffer)[1]
+    rows = tf.range(tf.shape(buffer)[0])
+    idx = tf.stack([rows, tf.clip_by_value(index, 0, n - 1)], axis=1)
+    return tf.tensor_scatter_nd_update(buffer, idx, tf.where(where, value, old))
+
+
+def _write_cache(cache, update, offset, xla: bool = False):
+    """cache (b, h, W, k)[:, :, offset:offset + n] = update (b, n, h, k), transposed.
+
+    Outside XLA a strided-slice update (which writes into the cache's buffer when nothing else
+    holds it); under XLA, whose kernels lack that op, a dynamic-update-slice.
+    """
+    update = tf.transpose(update, [0, 2, 1, 3])
+    if xla:
+        from tensorflow.compiler.tf2xla.python import xla as xla_ops
+
+        zero = tf.zeros([], tf.int32)
+        return xla_ops.dynamic_update_slice(
+            cache, update, tf.stack([zero, zero, tf.cast(offset, tf.int32), zero])
+        )
+    n = tf.shape(update)[2]
+    begin = tf.stack([0, 0, offset, 0])
+    end = tf.stack([tf.shape(cache)[0], tf.shape(cache)[1], offset + n, tf.shape(cache)[3]])
+    return tf.raw_ops.TensorStridedSliceUpdate(
+        input=cache, begin=begin, end=end, strides=tf.ones([4], tf.int32), value=update
+    )
+
+
+class Sampler:
+    """Samples from a DCTransformer functional model with cached decoding.
+
+    Args:
+      model: a model from `dct_gen.model.build_model(model_config)` (trained weights).
+      model_config: its ModelConfig.
+      jit_compile: compile each chunk with XLA.
+    """
+
+    DECODERS = ("channel", "position", "value")
+
+    def __init__(self, model, model_config: model_lib.ModelConfig, jit_compile: bool = False):
+        self.model = model
+        self.config = model_config
+        self.dct: DCTConfig = model_config.dct
+        self.window = model_config.window
+        get = model.get_layer
+        self.image_embedding = get("dct_image_embedding")
+        self.label_embedding = get("label_embedding") if model_config.num_classes else None
+        self.encoder = get("encoder")
+        self.embeddings = {
+            "channel": get("channel_embedding"),
+            "position": get("position_embedding"),
+            "value": get("value_embedding"),
+        }
+        self.start_vector = get("shift_right").start
+        self.chunk_table = get("chunk_position_embedding").table
+        self.stacks = {name: get(f"{name}_decoder") for name in self.DECODERS}
+        self.heads = {name: get(f"{name}_head") for name in self.DECODERS}
+        self.tables = (
+            model_lib.structural_tables(self.dct) if model_config.structural_mask else None
+        )
+        self.dtype = self.encoder.compute_dtype
+        self.rank = tf.constant(
+            model_lib.structural_tables(self.dct).rank, tf.int32
+        )  # channel -> place in the ordering
+        self.jit_compile = bool(jit_compile)
+        self.sample_chunk = tf.function(self._chunk, jit_compile=self.jit_compile)
+
+    def _precision(self):
+        """Under mixed precision, the scope in which Keras layers cast their float32 variables
+        to the compute dtype (the sampler calls sublayer methods directly)."""
+        return keras.src.backend.AutocastScope(self.dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # Encoder and decoders, one block of elements at a time.
+
+    def encode(self, dct_image, label):
+        """The encoder once per chunk: memory (b, S, d) and each decoder's cross keys/values."""
+        x = self.image_embedding(dct_image)
+        label_vector = None
+        if self.label_embedding is not None:
+            label_vector = self.label_embedding(label)  # (b, 1, d)
+            x = x + tf.cast(label_vector, x.dtype)
+        memory = self.encoder(x)
+        cross = {}
+        for name, stack in self.stacks.items():
+            # Heads first, once per chunk, so that no element step transposes them.
+            cross[name] = [
+                tuple(tf.transpose(t, [0, 2, 1, 3]) for t in layer.project_memory(memory))
+                for block in stack.blocks
+                for kind, layer in block.branches
+                if kind == "cross"
+            ]
+        return memory, cross, label_vector
+
+    def empty_caches(self, batch):
+        """Zeroed self-attention caches: per decoder, a (keys, values) pair per layer, each
+        (b, h, W, k): heads first, so that attention reads them without a transpose."""
+        caches = {}
+        for name, stack in self.stacks.items():
+            caches[name] = []
+            for block in stack.blocks:
+                for kind, layer in block.branches:
+                    if kind == "self":
+                        shape = [batch, layer.num_heads, self.window, layer.key_size]
+                        caches[name].append(
+                            (tf.zeros(shape, self.dtype), tf.zeros(shape, self.dtype))
+                        )
+        return caches
+
+    def decode(self, name, x, caches, cross, offset):
+        """Decoder `name` over the elements at window indices [offset, offset + n).
+
+        x (b, n, d): their inputs. The self-attention keys and values of these elements are
+        written into `caches` (a list of (keys, values), returned updated) and attention sees
+        the cache up to each element's own index.
+        """
+        stack = self.stacks[name]
+        x = tf.cast(x, self.dtype)
+        new_caches, self_index, cross_index = [], 0, 0
+        for block in stack.blocks:
+            for i, (norm, (kind, layer)) in enumerate(zip(block.norms, block.branches)):
+                y = norm(x)
+                if kind == "self":
+                    keys, values = layer.project_memory(y)
+                    cached_keys, cached_values = caches[self_index]
+                    cached_keys = _write_cache(cached_keys, keys, offset, self.jit_compile)
+                    cached_values = _write_cache(cached_values, values, offset, self.jit_compile)
+                    new_caches.append((cached_keys, cached_values))
+                    self_index += 1
+                    y = layer.attend(
+                        y, cached_keys, cached_values, query_offset=offset, heads_first=True
+                    )
+                elif kind == "cross":
+                    keys, values = cross[cross_index]
+                    cross_index += 1
+                    y = layer.attend(y, keys, values, heads_first=True)
+                else:
+                    y = layer(y)
+                x = x + tf.cast(block.rezero[i], x.dtype) * y
+        if stack.final_norm:
+            x = stack.norm(x)
+        return x, new_caches
+
+    def _channel_input(self, prev, offset, n, label_vector):
+        """E_channel for window indices [offset, offset + n): prev (c, p, v), each (b, n), the
+        previous element's triple (ignored at index 0, which gets the start vector)."""
+        e = sum(self.embeddings[k](t) for k, t in zip(self.DECODERS, prev))
+        e = tf.cast(e, self.dtype)
+        index = offset + tf.range(n)
+        start = tf.cast(self.start_vector, self.dtype)[None, None, :]
+        e = tf.where((index == 0)[None, :, None], start, e)
+        e = e + tf.cast(tf.gather(self.chunk_table, index), self.dtype)[None]
+        if label_vector is not None:
+            e = e + tf.cast(label_vector, self.dtype)
+        return e
+
+    def _position_input(self, h_channel, channel):
+        return h_channel + tf.cast(self.embeddings["channel"](channel), self.dtype)
+
+    def _value_input(self, h_position, memory, position):
+        cells = layers.encoder_cell(position, self.dct.grid, self.config.stride)
+        gathered = tf.gather(memory, cells, batch_dims=1)
+        p = self.embeddings["position"](position)
+        return h_position + tf.cast(gathered, self.dtype) + tf.cast(p, self.dtype)
+
+    def _mask(self, name, logits, channel, prev_channel, prev_position):
+        if self.tables is None:
+            return logits
+        if name == "channel":
+            allowed = model_lib.channel_allowed(prev_channel, prev_position, self.tables)
+        elif name == "position":
+            allowed = model_lib.position_allowed(channel, prev_channel, prev_position, self.tables)
+        else:
+            allowed = model_lib.value_allowed(channel, self.tables)
+        return model_lib.apply_mask(logits, allowed)
+
+    def prefill(self, window_triples, caches, cross, memory, label_vector, n):
+        """Pushes the first n window elements (all known) through the three decoders at once;
+        returns the updated caches."""
+        c, p, v = (t[:, :n] for t in window_triples)
+        prev = [tf.pad(t[:, :-1], [[0, 0], [1, 0]]) for t in (c, p, v)]
+        caches = dict(caches)
+        h, caches["channel"] = self.decode(
+            "channel", self._channel_input(prev, 0, n, label_vector), caches["channel"],
+            cross["channel"], 0,
+        )  # fmt: skip
+        h, caches["position"] = self.decode(
+            "position", self._position_input(h, c), caches["position"], cross["position"], 0
+        )
+        _, caches["value"] = self.decode(
+            "value", self._value_input(h, memory, p), caches["value"], cross["value"], 0
+        )
+        return caches
+
+    def element(
+        self, j, prev, forced, known, caches, cross, memory, label_vector, draw, min_rank=None
+    ):
+        """One element at window index j: channel, position, value in turn.
+
+        prev: the previous element's (c, p, v), each (b,) (anything at j = 0); forced: (c, p, v)
+        used where `known` (b,) bool; draw(name, logits) -> (b,) ids; min_rank: optional (b,),
+        drawn channels rank at least this in the ordering (colorization: chroma only). Returns
+        the element's (c, p, v), the three masked logits and the updated caches.
+        """
+        caches = dict(caches)
+        prev_c = tf.where(j > 0, prev[0], -1)
+        prev_p = tf.where(j > 0, prev[1], -1)
+        x = self._channel_input([t[:, None] for t in prev], j, 1, label_vector)
+        h, caches["channel"] = self.decode("channel", x, caches["channel"], cross["channel"], j)
+        logits_c = self._mask("channel", self.heads["channel"](h)[:, 0], None, prev_c, prev_p)
+        if min_rank is not None:
+            logits_c = model_lib.apply_mask(logits_c, self.rank[None, :] >= min_rank[:, None])
+        c = tf.where(known, forced[0], draw("channel", logits_c))
+
+        x = self._position_input(h, c[:, None])
+        h, caches["position"] = self.decode("position", x, caches["position"], cross["position"], j)
+        logits_p = self._mask("position", self.heads["position"](h)[:, 0], c, prev_c, prev_p)
+        p = tf.where(known, forced[1], draw("position", logits_p))
+
+        x = self._value_input(h, memory, p[:, None])
+        h, caches["value"] = self.decode("value", x, caches["value"], cross["value"], j)
+        logits_v = self._mask("value", self.heads["value"](h)[:, 0], c, prev_c, prev_p)
+        v = tf.where(known, forced[2], draw("value", logits_v) - self.dct.clip)
+        return (c, p, v), (logits_c, logits_p, logits_v), caches
+
+    # ------------------------------------------------------------------------------------------
+    # One chunk.
+
+    def _chunk(self, state: dict, chunk, seed, temperature, top_p, top_k):
+        with self._precision():
+            return self._chunk_body(state, chunk, seed, temperature, top_p, top_k)
+
+    def _chunk_body(self, state: dict, chunk, seed, temperature, top_p, top_k):
+        """Samples chunk `chunk` (scalar int32) of every running image; returns the new state.
+
+        state: channels, positions, values (b, N) int32, the sequence buffers; known (b,) how
+        many leading elements are fixed (context and what earlier chunks drew); base (b,) where
+        chunk 0 starts; done (b,) bool, stopped; length (b,) triples before the stop token (or
+        known, while running); label (b,); min_rank (b,) the lowest channel rank a draw may
+        take; steps (), element steps run so far.
+        """
+        cfg, c_size, overlap, w = self.dct, self.config.chunk_size, self.config.overlap, self.window
+        buffers = [state["channels"], state["positions"], state["values"]]
+        known, base, done = state["known"], state["base"], state["done"]
+        batch, n_buffer = tf.shape(buffers[0])[0], tf.shape(buffers[0])[1]
+        start = base + chunk * c_size
+        first = tf.maximum(start - overlap, 0)
+        end = tf.minimum(start + c_size, n_buffer)
+        running = ~done & (start < n_buffer)
+
+        dct_image = dct_ops.dct_image_from_triples(*buffers, cfg, num_triples=start)
+        memory, cross, label_vector = self.encode(dct_image, state["label"])
+        caches = self.empty_caches(batch)
+        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), chunk)
+
+        def draw(name, logits, j):
+            key = tf.random.experimental.stateless_fold_in(seed, j * 3 + self.DECODERS.index(name))
+            filtered = filter_logits(logits, temperature, top_p, top_k)
+            return tf.random.stateless_categorical(filtered, 1, key, dtype=tf.int32)[:, 0]
+
+        # The window's elements live in (b, W) buffers during the chunk (cheap per-element
+        # writes); what was drawn goes back into the sequence buffers at the end.
+        index = first[:, None] + tf.range(w)[None, :]  # (b, W) sequence index
+        in_buffer = index < n_buffer
+        safe = tf.minimum(index, n_buffer - 1)
+        window = [tf.gather(t, safe, batch_dims=1) for t in buffers]
+        window_known = index < known[:, None]
+
+        # The prefill: the overlap in one pass, when it is known for every running image.
+        j0 = tf.constant(0)
+        if overlap > 0:
+            can_prefill = tf.reduce_all(~running | (known - first >= overlap))
+            caches = tf.cond(
+                can_prefill,
+                lambda: self.prefill(window, caches, cross, memory, label_vector, overlap),
+                lambda: caches,
+            )
+            j0 = tf.where(can_prefill, overlap, 0)
+
+        def active(j, done):
+            return running & ~done & (first + j < end)
+
+        def cond(j, window, caches, done, length, steps):
+            return (j < w) & tf.reduce_any(active(j, done))
+
+        def body(j, window, caches, done, length, steps):
+            i = first + j
+            act = active(j, done)
+            column = tf.fill([batch], j)
+            prev = [_gather(t, column - 1) for t in window]
+            forced = [_gather(t, column) for t in window]
+            is_known = _gather(tf.cast(window_known, tf.int32), column) > 0
+            triple, _, caches = self.element(
+                j, prev, forced, is_known, caches, cross, memory, label_vector,
+                lambda name, logits: draw(name, logits, j), state["min_rank"],
+            )  # fmt: skip
+            write = act & ~is_known
+            window = [_write(t, column, x, write) for t, x in zip(window, triple)]
+            stopped = act & (triple[0] == cfg.stop_token)
+            length = tf.where(stopped, i, tf.where(act, i + 1, length))
+            return j + 1, window, caches, done | stopped, length, steps + 1
+
+        j_end, window, _, now_done, length, steps = tf.while_loop(
+            cond,
+            body,
+            (j0, window, caches, done, state["length"], state["steps"]),
+            maximum_iterations=w,
+        )
+        # Write back the drawn elements: window indices [j0, j_end) of running images.
+        drawn = running[:, None] & in_buffer & ~window_known
+        drawn &= (tf.range(w)[None, :] < j_end) & (index < end[:, None])
+        rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, w])
+        idx = tf.stack([rows, safe], axis=-1)
+        # scatter_nd adds: entries not drawn (clipped duplicates among them) add zero.
+        shape = tf.shape(buffers[0])
+        written = tf.scatter_nd(idx, tf.cast(drawn, tf.int32), shape) > 0
+        out = dict(state)
+        for name, buf, win in zip(("channels", "positions", "values"), buffers, window):
+            out[name] = tf.where(written, tf.scatter_nd(idx, tf.where(drawn, win, 0), shape), buf)
+        out["known"] = tf.where(running & ~now_done, tf.maximum(known, end), known)
+        out["length"] = length
+        out["done"] = now_done | (running & (end >= n_buffer))
+        out["steps"] = steps
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Drivers.
+
+    def initial_state(
+        self, batch, capacity: int, context=None, label=None, base=None, min_rank=None
+    ):
+        """The state before the first chunk (numpy arrays or tensors in, tensors out).
+
+        batch: the number of sequences; capacity: the sequence buffer's length N. context:
+        optional (channels, positions, values, lengths), (b, n) and (b,) with n <= N: the
+        elements every sequence starts with (kept exactly). label: (b,), -1 none. base: (b,)
+        where chunk 0 starts (default 0). min_rank: the lowest channel rank (in the ordering) a
+        drawn element may have, a scalar (default 0).
+        """
+        buffers = [tf.zeros([batch, capacity], tf.int32) for _ in range(3)]
+        known = tf.zeros([batch], tf.int32)
+        if context is not None:
+            *triples, lengths = context
+            known = tf.reshape(tf.cast(lengths, tf.int32), [batch])
+            buffers = []
+            for t in triples:
+                t = tf.cast(t, tf.int32)
+                valid = tf.range(tf.shape(t)[1])[None, :] < known[:, None]
+                t = tf.where(valid, t, 0)
+                buffers.append(tf.pad(t, [[0, 0], [0, capacity - tf.shape(t)[1]]]))
+        label = tf.fill([batch], -1) if label is None else tf.cast(label, tf.int32)
+        base = tf.zeros([batch], tf.int32) if base is None else tf.cast(base, tf.int32)
+        return {
+            "channels": buffers[0],
+            "positions": buffers[1],
+            "values": buffers[2],
+            "known": known,
+            "base": tf.reshape(base, [batch]),
+            "done": tf.zeros([batch], tf.bool),
+            "length": known,
+            "label": tf.reshape(label, [batch]),
+            "min_rank": tf.fill([batch], tf.cast(0 if min_rank is None else min_rank, tf.int32)),
+            "steps": tf.constant(0),
+        }
+
+    def first_chunk(self, state) -> int:
+        """The first chunk with anything to draw: chunks wholly inside the context are skipped."""
+        c = self.config.chunk_size
+        return int(tf.reduce_min((state["known"] - state["base"]) // c).numpy())
+
+    def sample(
+        self,
+        state: dict,
+        options: SampleOptions,
+        seed: int,
+        progress: Callable[[int, int, dict], None] | None = None,
+    ) -> dict:
+        """Runs chunks until every image stops or the chunk limit; returns the final state.
+
+        progress(chunk, last_chunk, state) is called after each chunk.
+        """
+        k0 = self.first_chunk(state)
+        seed = tf.constant([seed, 0], tf.int64)
+        args = (
+            tf.constant(options.temperature, tf.float32),
+            tf.constant(options.top_p, tf.float32),
+            tf.constant(options.top_k, tf.int32),
+        )
+        last = k0 + options.max_chunks - 1
+        for k in range(k0, last + 1):
+            state = self.sample_chunk(state, tf.constant(k, tf.int32), seed, *args)
+            if progress is not None:
+                progress(k, last, state)
+            if bool(tf.reduce_all(state["done"])):
+                break
+        return state
+
+    def sample_graph(self, state, max_chunks, seed, temperature, top_p, top_k):
+        """The chunk loop inside the graph (for export): tensors in, final state out."""
+        c = self.config.chunk_size
+        k0 = tf.reduce_min((state["known"] - state["base"]) // c)
+        last = k0 + tf.cast(max_chunks, tf.int32)
+
+        def cond(k, state):
+            return (k < last) & ~tf.reduce_all(state["done"])
+
+        def body(k, state):
+            return k + 1, self._chunk(state, k, seed, temperature, top_p, top_k)
+
+        _, state = tf.while_loop(cond, body, (k0, state))
+        return state
+
+    # ------------------------------------------------------------------------------------------
+    # Scoring a given window through the cached path (tests: cached == full forward).
+
+    def cached_logits(self, batch: dict, prefill: bool = True):
+        """The masked logits of every element of a training window, computed element by element
+        through the caches (the overlap prefilled when `prefill` and chunk_start > 0).
+
+        batch: a `dct_gen.data.make_dataset` batch (channels, positions, values, dct_image,
+        label, indices). Returns {"channel", "position", "value"}: (b, W, vocab) float32, to
+        compare with `model.forward` where the window holds real elements.
+        """
+        with self._precision():
+            return self._cached_logits(batch, prefill)
+
+    def _cached_logits(self, batch: dict, prefill: bool):
+        triples = [tf.cast(batch[k], tf.int32) for k in ("channels", "positions", "values")]
+        b = tf.shape(triples[0])[0]
+        label = batch.get("label", tf.fill([b], -1))
+        memory, cross, label_vector = self.encode(batch["dct_image"], label)
+        caches = self.empty_caches(b)
+        j0 = 0
+        overlap = self.config.overlap
+        outputs = {name: [] for name in self.DECODERS}
+        if prefill and overlap > 0:
+            full = self.prefill(triples, self.empty_caches(b), cross, memory, label_vector, overlap)
+            caches, j0 = full, overlap
+        for j in range(self.window):
+            if j < j0:
+                continue
+            prev = [t[:, j - 1] if j > 0 else tf.zeros([b], tf.int32) for t in triples]
+            forced = [t[:, j] for t in triples]
+            _, logits, caches = self.element(
+                tf.constant(j), prev, forced, tf.ones([b], tf.bool), caches, cross, memory,
+                label_vector, lambda name, logits: tf.zeros([b], tf.int32),
+            )  # fmt: skip
+            for name, x in zip(self.DECODERS, logits):
+                outputs[name].append(x)
+        return {name: tf.stack(x, axis=1) if x else None for name, x in outputs.items()}, j0
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks: contexts, batches, results.
+
+
+def max_length(cfg: DCTConfig) -> int:
+    """The longest possible sequence (stop token included): every coefficient non-zero."""
+    g, n = cfg.grid, cfg.channels_per_plane
+    return g * g * n + 2 * (g // 2) * (-(-g // 2)) * n + 1
+
+
+def default_max_chunks(model_config: model_lib.ModelConfig) -> int:
+    """Chunks enough for the longest possible sequence: sampling never truncates by default."""
+    return -(-max_length(model_config.dct) // model_config.chunk_size)
+
+
+@dataclasses.dataclass
+class Samples:
+    """Sampled sequences and what they came from.
+
+    Attributes:
+      cfg: the representation.
+      sequences: one DCTSequence per sample (context included, stop token not), with the
+        image size: the context's for upsampling and colorization, else the extent rule
+        (`representation.extent_from_positions`).
+      finished: whether each sample reached its stop token (else the chunk limit cut it).
+      context_lengths: how many leading triples were given.
+      labels: the class label of each sample (-1: none).
+      elements: element steps the sampler ran (batch-wide, all batches).
+      seconds: wall time of the sampling.
+    """
+
+    cfg: DCTConfig
+    sequences: list[rep.DCTSequence]
+    finished: np.ndarray
+    context_lengths: np.ndarray
+    labels: np.ndarray
+    elements: int = 0
+    seconds: float = 0.0
+
+    def images(self) -> list[np.ndarray]:
+        """The decoded samples (decoded once, then kept)."""
+        if getattr(self, "_images", None) is None:
+            self._images = [rep.decode(seq, self.cfg) for seq in self.sequences]
+        return self._images
+
+
+def upsampling_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequence, np.ndarray]:
+    """The context of B x upsampling (8x at B = 8) from a low-resolution RGB image.
+
+    The output size (H, W) is what the codec makes of an image B times the input's size (long
+    side = resolution, `representation.target_size`); the input is resized to (H / B, W / B)
+    when it is not that size already. Each input pixel then fills one B x B block: encoding
+    that blocky image gives DC coefficients that are the quantized block means, and its first
+    channels of Y, Cb and Cr (the first three of the interleaved ordering, DESIGN.md) are the
+    context. Returns the context (with size H x W) and the low-resolution image used.
+    """
+    if cfg.ordering != "interleaved":
+        raise ValueError(
+            f"upsampling needs an interleaved model (Y0, Cb0, Cr0 first); this one is "
+            f"{cfg.ordering}"
+        )
+    b = cfg.block_size
+    image = rep.as_rgb(np.asarray(image))
+    h, w = rep.target_size(image.shape[0] * b, image.shape[1] * b, cfg)
+    low = image
+    if image.shape[:2] != (h // b, w // b):
+        pil = Image.fromarray(image).resize((w // b, h // b), Image.Resampling.LANCZOS)
+        low = np.asarray(pil, np.uint8)
+    blocky = np.repeat(np.repeat(low, b, axis=0), b, axis=1)
+    seq = rep.encode(blocky, cfg)
+    rank = rep.channel_rank(b, cfg.ordering, cfg.interval)
+    keep = rank[seq.channels] < 3
+    # Y0, Cb0, Cr0 rank 0, 1, 2: the context is a prefix of the ordering.
+    assert np.all(keep[: int(keep.sum())])
+    return seq.prefix(int(keep.sum())), low
+
+
+def colorization_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequence, np.ndarray]:
+    """The context of colorization: every luma triple of the image's grey version.
+
+    A colour input is turned grey first (its JPEG luma, Y of YCbCr). Returns the context (with
+    the resized image's size) and the grey image used (resized).
+    """
+    if cfg.ordering != "luma_first":
+        raise ValueError(
+            f"colorization needs a luma_first model (trained with target_part='chroma'); this "
+            f"one is {cfg.ordering}"
+        )
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] >= 3:
+        y, _, _ = rep.rgb_to_ycbcr(rep.as_rgb(image))  # centred: Y - 128
+        grey = np.clip(y + 128.0, 0, 255).astype(np.uint8)
+    else:
+        grey = image.reshape(image.shape[:2]).astype(np.uint8)
+    grey = rep.resize(np.repeat(grey[:, :, None], 3, axis=2), cfg)
+    seq = rep.encode(grey, cfg)
+    luma = int(np.sum(seq.channels < cfg.channels_per_plane))
+    return seq.prefix(luma), grey
+
+
+def sample_batches(
+    sampler: Sampler,
+    num_samples: int,
+    *,
+    options: SampleOptions,
+    seed: int,
+    labels=None,
+    contexts: list[rep.DCTSequence] | None = None,
+    context_is_base: bool = False,
+    batch_size: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> Samples:
+    """Draws num_samples sequences in batches of batch_size.
+
+    labels: an int or one per sample (class-conditional models; -1: none). contexts: one per
+    sample, kept exactly as the first triples. context_is_base: colorization: chunk 0 starts
+    after the context (the model was trained on chroma chunks after all luma) and only chroma
+    channels are drawn.
+    """
+    import time
+
+    cfg, cmodel = sampler.dct, sampler.config
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}: must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    labels = np.broadcast_to(np.asarray(-1 if labels is None else labels, np.int32), num_samples)
+    if cmodel.num_classes:
+        bad = labels[(labels < -1) | (labels >= cmodel.num_classes)]
+        if bad.size:
+            raise ValueError(f"label {bad[0]} is out of range [-1, {cmodel.num_classes})")
+    elif np.any(labels != -1):
+        raise ValueError("label: this model is unconditional (num_classes is not set)")
+    if contexts is not None and len(contexts) != num_samples:
+        raise ValueError(f"{len(contexts)} contexts for {num_samples} samples")
+    out_seqs, finished, ctx_lengths = [], [], []
+    elements, t0 = 0, time.perf_counter()
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        ctx = None if contexts is None else contexts[start : start + n]
+        lengths = np.array([len(c) for c in ctx] if ctx else [0] * n, np.int32)
+        capacity = min(
+            int(lengths.max()) + options.max_chunks * cmodel.chunk_size, max_length(cfg) + 1
+        )
+        capacity = max(capacity, int(lengths.max()) + 1)
+        context = None
+        if ctx:
+            width = max(int(lengths.max()), 1)
+            arrays = [np.zeros((n, width), np.int32) for _ in range(3)]
+            for i, c in enumerate(ctx):
+                for a, t in zip(arrays, (c.channels, c.positions, c.values)):
+                    a[i, : len(t)] = t
+            context = (*arrays, lengths)
+        state = sampler.initial_state(
+            n,
+            capacity,
+            context=context,
+            label=labels[start : start + n],
+            base=lengths if context_is_base else None,
+            min_rank=cfg.channels_per_plane if context_is_base else None,
+        )
+
+        def report(k, last, st, start=start, n=n):
+            if progress is not None:
+                running = int(n - np.sum(st["done"].numpy()))
+                progress(
+                    f"samples {start + 1}-{start + n} of {num_samples}: chunk {k + 1} (limit "
+                    f"{last + 1}), {running} of {n} running, {int(st['steps'].numpy()):,} steps"
+                )
+
+        state = sampler.sample(state, options, seed=seed * 1_000_003 + start, progress=report)
+        elements += int(state["steps"].numpy())
+        arrays = {k: state[k].numpy() for k in ("channels", "positions", "values", "length")}
+        for i in range(n):
+            length = int(arrays["length"][i])
+            stopped = length < capacity and arrays["channels"][i, length] == cfg.stop_token
+            c, p, v = (arrays[k][i, :length].copy() for k in ("channels", "positions", "values"))
+            if ctx:
+                h, w = ctx[i].height, ctx[i].width
+            else:
+                h, w = rep.extent_from_positions(p, cfg)
+            out_seqs.append(rep.DCTSequence(c, p, v, h, w))
+            finished.append(bool(stopped))
+            ctx_lengths.append(int(lengths[i]))
+    return Samples(
+        cfg,
+        out_seqs,
+        np.array(finished),
+        np.array(ctx_lengths, np.int32),
+        labels.copy(),
+        elements,
+        time.perf_counter() - t0,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# In-graph decoding (the SavedModel's sample signature).
+
+
+def extent_tf(positions, lengths, cfg: DCTConfig):
+    """`representation.extent_from_positions` of each row's first `lengths` positions:
+    (b, N), (b,) -> heights, widths (b,) int32."""
+    positions = tf.cast(positions, tf.int32)
+    valid = tf.range(tf.shape(positions)[1])[None, :] < lengths[:, None]
+    rows = tf.reduce_max(tf.where(valid, positions // cfg.grid, 0), axis=1)
+    cols = tf.reduce_max(tf.where(valid, positions % cfg.grid, 0), axis=1)
+    step, b = 2 * cfg.block_size, cfg.block_size
+    to_pixels = lambda blocks: (((blocks + 1) * b + step - 1) // step) * step
+    return to_pixels(rows), to_pixels(cols)
+
+
+def images_tf(channels, positions, values, lengths, cfg: DCTConfig, heights=None, widths=None):
+    """Decodes sampled rows to uint8 images on the canvas (b, R, R, 3), plus their sizes."""
+    if heights is None:
+        heights, widths = extent_tf(positions, lengths, cfg)
+    dense = dct_ops.dct_image_from_triples(channels, positions, values, cfg, num_triples=lengths)
+    images = dct_ops.decode_dct_image(dense, cfg, heights, widths)
+    rows = tf.range(tf.shape(images)[1])
+    inside = (rows[None, :, None] < heights[:, None, None]) & (
+        rows[None, None, :] < widths[:, None, None]
+    )
+    return tf.where(inside[..., None], images, tf.zeros_like(images)), heights, widths
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures: grids, heatmaps (paper Figure 1, right), progressive strips (Figure 2g).
+
+
+def write_samples(
+    samples: Samples, out_dir: str, prefix: str = "sample", panel: int = 256
+) -> dict[str, list[str]]:
+    """Writes, for each sample: PREFIX_NNN.png (the image), PREFIX_NNN.npz (its triples, which
+    `python -m dct_gen.codec decode` reads), PREFIX_NNN_heatmap.png and
+    PREFIX_NNN_progressive.png; and PREFIX_grid.png, PREFIX_heatmaps.png and PREFIX.json (sizes,
+    lengths, whether each stopped)."""
+
+    cfg = samples.cfg
+    files: dict[str, list[str]] = {"images": [], "triples": [], "heatmaps": [], "progressive": []}
+    images, maps = [], []
+    for i, (seq, image) in enumerate(zip(samples.sequences, samples.images())):
+        stem = os.path.join(out_dir, f"{prefix}_{i:03d}")
+        files["images"].append(pictures.save_png(image, stem + ".png"))
+        sequence_file.save_npz(stem + ".npz", seq, cfg, source=f"{prefix} {i}")
+        files["triples"].append(stem + ".npz")
+        hm = pictures.heatmap(seq, cfg)
+        files["heatmaps"].append(
+            pictures.save_png(pictures.enlarge(hm, panel), stem + "_heatmap.png")
+        )
+        strip, _ = pictures.progressive_strip(seq, cfg, steps=6, panel_size=min(panel, 160))
+        files["progressive"].append(stem + "_progressive.png")
+        strip.save(files["progressive"][-1], format="PNG")
+        images.append(pictures.enlarge(image, panel))
+        maps.append(pictures.enlarge(hm, panel))
+    files["grid"] = [
+        pictures.save_png(pictures.grid(images), os.path.join(out_dir, f"{prefix}_grid.png"))
+    ]
+    files["heatmap_grid"] = [
+        pictures.save_png(pictures.grid(maps), os.path.join(out_dir, f"{prefix}_heatmaps.png"))
+    ]
+    summary = {
+        "num_samples": len(samples.sequences),
+        "seconds": round(samples.seconds, 3),
+        "element_steps": samples.elements,
+        "samples": [
+            {
+                "image": files["images"][i],
+                "height": seq.height,
+                "width": seq.width,
+                "triples": len(seq),
+                "context_triples": int(samples.context_lengths[i]),
+                "stopped": bool(samples.finished[i]),
+                "label": int(samples.labels[i]),
+            }
+            for i, seq in enumerate(samples.sequences)
+        ],
+    }
+    path = os.path.join(out_dir, f"{prefix}.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    files["summary"] = [path]
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# The SavedModel as a source (no dct_gen model code runs: only its signatures).
+
+
+class SavedModelSource:
+    """Sampling through an exported SavedModel's signatures (`dct_gen.export`)."""
+
+    def __init__(self, path: str):
+        if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+            raise FileNotFoundError(f"--saved_model {path}: no saved_model.pb there")
+        self.loaded = tf.saved_model.load(path)
+        raw = json.loads(self.loaded.config_json.numpy())
+        self.cfg = DCTConfig.from_dict(raw["model_config"]["dct"])
+        self.num_classes = raw["model_config"].get("num_classes")
+        self.max_num_samples = int(raw["max_num_samples"])
+        self.signatures = set(self.loaded.signatures.keys())
+
+    def _samples(self, outputs: list[dict], labels, context_lengths=None) -> Samples:
+        seqs, finished = [], []
+        for out in outputs:
+            out = {k: v.numpy() for k, v in out.items()}
+            for i in range(out["lengths"].shape[0]):
+                n = int(out["lengths"][i])
+                seqs.append(
+                    rep.DCTSequence(
+                        out["channels"][i, :n].astype(np.int32),
+                        out["positions"][i, :n].astype(np.int32),
+                        out["values"][i, :n].astype(np.int32),
+                        int(out["heights"][i]),
+                        int(out["widths"][i]),
+                    )
+                )
+                finished.append(bool(out["stopped"][i]))
+        ctx = np.zeros(len(seqs), np.int32) if context_lengths is None else context_lengths
+        return Samples(self.cfg, seqs, np.array(finished), np.asarray(ctx, np.int32), labels)
+
+    def sample(self, num_samples, label, options: SampleOptions, seed, progress=None) -> Samples:
+        outputs = []
+        for start in range(0, num_samples, self.max_num_samples):
+            n = min(self.max_num_samples, num_samples - start)
+            outputs.append(
+                self.loaded.signatures["sample"](
+                    num_samples=tf.constant(n, tf.int32),
+                    label=tf.constant(label, tf.int32),
+                    temperature=tf.constant(options.temperature, tf.float32),
+                    top_p=tf.constant(options.top_p, tf.float32),
+                    seed=tf.constant(seed * 1_000_003 + start, tf.int64),
+                )
+            )
+            if progress:
+                progress(f"samples {start + 1}-{start + n} of {num_samples} done")
+        return self._samples(outputs, np.full(num_samples, label, np.int32))
+
+    def conditional(self, task: str, images, per_image: int, seed: int, progress=None):
+        if task not in self.signatures:
+            raise ValueError(
+                f"this SavedModel has no {task} signature (it has {sorted(self.signatures)})"
+            )
+        outputs, ctx = [], []
+        for i, image in enumerate(images):
+            for j in range(per_image):
+                out = self.loaded.signatures[task](
+                    image=tf.constant(image, tf.uint8),
+                    seed=tf.constant(seed * 1_000_003 + i * per_image + j, tf.int64),
+                )
+                ctx.append(int(out.pop("context_length")))
+                outputs.append(out)
+            if progress:
+                progress(f"{task}: image {i + 1} of {len(images)} done")
+        n = len(outputs)
+        return self._samples(outputs, np.full(n, -1, np.int32), np.array(ctx, np.int32))

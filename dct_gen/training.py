@@ -1,0 +1,685 @@
+"""The training run: `python -m dct_gen.train --gin_file F --data_dir D --model_dir M`.
+
+`train(...)` is the loop, plain Python with keyword arguments; `main` parses flags and gin, writes
+the operative gin config to the run directory and calls it. The loop reads in sections: setup
+(strategy, precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
+
+- Strategy (`make_strategy`): TPUStrategy with --tpu, MultiWorkerMirroredStrategy when TF_CONFIG
+  names more than one task, MirroredStrategy over the local GPUs, else the default strategy.
+  The global batch (train_config.batch_size) is split across replicas.
+- Optimisation: Adam; learning rate linear from 0 over warmup_steps, then cosine to 0 at the
+  last step; gradients clipped to a global norm. The run's length is train_config.tokens
+  target elements (elements that carry loss), converted to steps as
+  ceil(tokens / (batch_size * chunk_size)); --max_steps overrides it.
+- Checkpoints (model_dir/checkpoints): model, optimizer, step, tokens seen, the dropout seed
+  state and the input iterator (the data stream resumes exactly), every checkpoint_every
+  steps, at the end and at SIGTERM. A run resumes from its model_dir by itself; a checkpoint
+  that fails to restore is reported and the next older one is tried; when checkpoints exist
+  and none restores the run stops rather than start again from step 0.
+- Logs: model_dir/metrics.jsonl (one JSON line per log step), TensorBoard events under
+  model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per evaluation), a
+  console line per log step with an ETA.
+- A NaN or infinite loss stops the run (`NonFiniteLossError`) before anything is saved.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+from dct_gen import run_dir
+
+COMPONENTS = ("channel", "position", "value")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops without saving."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the loop (each replaceable: a TPU-specific step or loop can swap in for these).
+
+
+def make_strategy(tpu: str | None = None):
+    """TPUStrategy (tpu given), MultiWorkerMirrored (TF_CONFIG with several tasks), Mirrored
+    (local GPUs), else the default strategy."""
+    import tensorflow as tf
+
+    if tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    tasks = sum(len(v) for v in tf_config.get("cluster", {}).values())
+    if tasks > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def steps_for_tokens(tokens: int, batch_size: int, chunk_size: int) -> int:
+    """Training steps for a token budget: every step sees batch_size chunks of up to C targets.
+
+    Last chunks of sequences are shorter than C, so the run sees somewhat fewer target tokens
+    than the budget; metrics.jsonl reports the count actually seen.
+    """
+    return max(1, math.ceil(tokens / (batch_size * chunk_size)))
+
+
+def make_learning_rate(peak: float, warmup_steps: int, total_steps: int):
+    """Linear warmup from 0 to `peak` over warmup_steps, then cosine decay to 0 at total_steps."""
+    import keras
+
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - warmup, 1),
+        alpha=0.0,
+        warmup_target=peak,
+        warmup_steps=warmup,
+    )
+
+
+def measure_peak_flops(dtype: str = "float32", size: int | None = None, seconds: float = 0.5):
+    """FLOP/s of a square matmul on the first replica's device: the MFU denominator.
+
+    A measured peak (not a datasheet figure): on CPUs it is what the math library reaches, on
+    accelerators it is below the datasheet, so MFU is measured against what is reachable.
+    """
+    import tensorflow as tf
+
+    gpu_or_tpu = bool(
+        tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
+    )
+    n = size or (8192 if gpu_or_tpu else 1024)
+    a = tf.random.stateless_normal([n, n], seed=[1, 2], dtype=dtype)
+    b = tf.random.stateless_normal([n, n], seed=[3, 4], dtype=dtype)
+
+    @tf.function
+    def loop(a, b, count):
+        # Feed each product into the next so that no matmul can be skipped.
+        def body(i, x):
+            return i + 1, tf.matmul(x, b) * tf.cast(1.0 / n, dtype)
+
+        return tf.while_loop(lambda i, _: i < count, body, (0, a))[1]
+
+    float(tf.reduce_sum(tf.cast(loop(a, b, tf.constant(1)), "float32")))  # trace, warm up
+    count, elapsed = 1, 0.0
+    while elapsed < seconds:
+        count *= 2
+        start = time.perf_counter()
+        float(tf.reduce_sum(tf.cast(loop(a, b, tf.constant(count)), "float32")))
+        elapsed = time.perf_counter() - start
+    return 2.0 * n**3 * count / elapsed
+
+
+def make_train_step(strategy, model, optimizer, dct, clip_norm: float):
+    """One optimisation step over the next global batch; returns replica-reduced metrics.
+
+    The loss is total nats over the global batch's target elements: each replica divides its
+    sum by the all-reduced token count, so summed replica gradients are the global gradient.
+    Gradients are summed here to clip them by their true global norm; the Keras optimizer sums
+    replicas again, hence the division by the replica count (a no-op on one replica).
+    """
+    import tensorflow as tf
+
+    from dct_gen import model as model_lib
+
+    replicas = strategy.num_replicas_in_sync
+    variables = model.trainable_variables
+
+    def step_fn(batch):
+        ctx = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            outputs = model_lib.forward(model, batch, training=True)
+            losses = model_lib.compute_losses(outputs, batch, dct)
+            tokens = ctx.all_reduce("sum", losses["tokens"])
+            loss = tf.reduce_sum(losses["nats"]) / tf.maximum(tokens, 1.0)
+        grads = tape.gradient(loss, variables)
+        # Embedding gradients arrive as IndexedSlices; dense ones all-reduce and scale simply.
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        grads = ctx.all_reduce("sum", grads)
+        grads, grad_norm = tf.clip_by_global_norm(grads, clip_norm)
+        if replicas > 1:
+            grads = [g / replicas for g in grads]
+        optimizer.apply(grads, variables)
+        metrics = {"loss": loss * 1.0, "tokens": losses["tokens"], "grad_norm": grad_norm}
+        # Means over examples, weighted by replica: the per-replica values are averaged.
+        for name in ("bits_per_subpixel",) + tuple(f"{c}_bits_per_subpixel" for c in COMPONENTS):
+            metrics[name] = losses[name] / replicas
+        for c in COMPONENTS:
+            metrics[f"{c}_loss"] = tf.reduce_sum(losses[f"{c}_nats"]) / tf.maximum(tokens, 1.0)
+        return metrics
+
+    @tf.function
+    def train_step(batch):
+        per_replica = strategy.run(step_fn, args=(batch,))
+        out = {}
+        for k, v in per_replica.items():
+            # grad_norm is already identical on every replica (computed after the all-reduce).
+            reduce = "mean" if k == "grad_norm" else "sum"
+            out[k] = strategy.reduce(reduce, v, axis=None)
+        return out
+
+    return train_step
+
+
+def make_eval_step(strategy, model, dct):
+    """Per-example nats by component (gathered from every replica) for one padded batch."""
+    import tensorflow as tf
+
+    from dct_gen import model as model_lib
+
+    def step_fn(batch):
+        losses = model_lib.compute_losses(
+            model_lib.forward(model, batch, training=False), batch, dct
+        )
+        out = {f"{c}_nats": losses[f"{c}_nats"] for c in COMPONENTS}
+        for k in ("sequence_index", "chunk_index", "height", "width", "valid"):
+            out[k] = batch[k]
+        return out
+
+    @tf.function
+    def eval_step(batch):
+        per_replica = strategy.run(step_fn, args=(batch,))
+        return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+
+    return eval_step
+
+
+def _pad_batch(batch: dict, batch_size: int) -> dict:
+    """Pads a (possibly short, last) eval batch to batch_size; `valid` marks real examples."""
+    import tensorflow as tf
+
+    n = tf.shape(batch["channels"])[0]
+    out = {}
+    for k, v in batch.items():
+        pad = [[0, batch_size - n]] + [[0, 0]] * (len(v.shape) - 1)
+        out[k] = tf.ensure_shape(tf.pad(v, pad), [batch_size] + v.shape[1:])
+    out["valid"] = tf.ensure_shape(tf.range(batch_size) < n, [batch_size])
+    return out
+
+
+def evaluate(
+    strategy,
+    eval_step,
+    *,
+    data_dir: str,
+    split: str,
+    batch_size: int,
+    chunk_size: int,
+    overlap: int,
+    target_part: str,
+    max_batches: int | None = None,
+) -> Iterator[tuple[str, float]]:
+    """Exact bits per subpixel of a held-out split: yields (name, value) pairs.
+
+    Every chunk of every sequence is scored once (data.make_dataset(mode='eval')); a sequence's
+    bits are the sum over its chunks' target elements, stop token included, divided by
+    3 * height * width (DESIGN.md). Names: bits_per_subpixel and {channel, position,
+    value}_bits_per_subpixel (means over sequences), chunk_{k}/bits_per_subpixel and
+    chunk_{k}/{component}_bits_per_subpixel (the mean over sequences that have a chunk k of
+    that chunk's share: paper Figure 9), sequences and chunks counted. With max_batches only a
+    prefix of the split is scored (partial sequences count what was scored).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from dct_gen import data, records
+
+    paths = records.split_files(data_dir, split)
+    ds = data.make_dataset(
+        data_dir,
+        split,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        overlap=overlap,
+        seed=0,
+        mode="eval",
+        target_part=target_part,
+    )
+    ds = ds.map(lambda b: _pad_batch(b, batch_size))
+    if max_batches is not None:
+        ds = ds.take(max_batches)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = strategy.experimental_distribute_dataset(ds.with_options(options))
+    sequences = collections.defaultdict(lambda: np.zeros(len(COMPONENTS)))
+    chunks = collections.defaultdict(list)  # chunk index -> [(3,) bits per subpixel]
+    for batch in data.iterate(ds, paths):
+        out = {k: v.numpy() for k, v in eval_step(batch).items()}
+        subpixels = 3.0 * out["height"].astype(np.float64) * out["width"]
+        nats = np.stack([out[f"{c}_nats"] for c in COMPONENTS], axis=1).astype(np.float64)
+        for i in np.flatnonzero(out["valid"]):
+            bits = nats[i] / math.log(2.0) / subpixels[i]
+            sequences[int(out["sequence_index"][i])] += bits
+            chunks[int(out["chunk_index"][i])].append(bits)
+    if not sequences:
+        raise ValueError(f"split {split!r} of {data_dir} has no sequences to evaluate")
+    per_sequence = np.stack(list(sequences.values()))  # (sequences, 3)
+    yield "sequences", float(len(sequences))
+    yield "chunks", float(sum(len(v) for v in chunks.values()))
+    yield "bits_per_subpixel", float(per_sequence.sum(1).mean())
+    for j, c in enumerate(COMPONENTS):
+        yield f"{c}_bits_per_subpixel", float(per_sequence[:, j].mean())
+    for k in sorted(chunks):
+        per_chunk = np.stack(chunks[k])
+        yield f"chunk_{k}/bits_per_subpixel", float(per_chunk.sum(1).mean())
+        for j, c in enumerate(COMPONENTS):
+            yield f"chunk_{k}/{c}_bits_per_subpixel", float(per_chunk[:, j].mean())
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Yields a dict whose 'received' turns True on SIGTERM (only the main thread can listen)."""
+    state = {"received": False}
+
+    def handler(signum, frame):
+        state["received"] = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: where it stopped and why, and the last logged values."""
+
+    step: int
+    total_steps: int
+    stopped: str  # "done", "sigterm", or "already_done"
+    resumed_from: int | None
+    last_metrics: dict
+    last_eval: dict
+
+
+def train(
+    *,
+    model_config,
+    dct_config,
+    train_config,
+    data_dir: str,
+    model_dir: str,
+    max_steps: int | None = None,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    eval_every: int = 1000,
+    eval_batches: int | None = None,
+    log_every: int = 50,
+    checkpoint_every: int = 1000,
+    keep_checkpoints: int = 3,
+    seed: int = 0,
+    deterministic: bool = False,
+    strategy=None,
+    tpu: str | None = None,
+    peak_flops: float | None = None,
+    step_callback: Callable[[int, dict], None] | None = None,
+    sample_every: int = 0,
+    num_samples: int = 4,
+    sample_max_chunks: int | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains a DCTransformer on data_dir, resuming from model_dir when it holds checkpoints.
+
+    Args:
+      model_config: a `dct_gen.model.ModelConfig`; its dct must equal dct_config.
+      dct_config: the representation bound in gin; checked against data_dir's info.json.
+      train_config: a `dct_gen.configs.TrainConfig` (batch, learning rate, tokens, chunking).
+      data_dir: a directory written by beam_jobs.build_dataset.
+      model_dir: the run directory (checkpoints, metrics.jsonl, eval.jsonl, TensorBoard).
+      max_steps: the run's length in steps, overriding train_config.tokens (the schedule's
+        cosine ends there too).
+      train_split, eval_split: the splits to train on and to evaluate (None: no evaluation).
+      eval_every, log_every, checkpoint_every: intervals in steps.
+      eval_batches: score at most this many eval batches (None: the whole split, exact).
+      keep_checkpoints: how many checkpoints stay on disk.
+      seed: initialisation, dropout and input pipeline seed.
+      deterministic: enable TensorFlow op determinism (process-wide).
+      strategy: a tf.distribute strategy; None: `make_strategy(tpu)`.
+      peak_flops: peak FLOP/s per replica for MFU; None: `measure_peak_flops` once.
+      step_callback: called as step_callback(step, metrics) after every step (host values).
+      sample_every: every N steps (and at the end), sample num_samples images and log their
+        grid and heatmaps to TensorBoard (train/samples, train/heatmaps); 0: never. Runs with
+        target_part 'chroma' (colorization) do not sample unconditionally and log none.
+      sample_max_chunks: the chunk limit of those samples (None: none).
+      log: where console lines go.
+
+    Returns:
+      A TrainResult.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN or infinite (nothing is saved).
+      run_dir.NoValidCheckpointError: checkpoints exist in model_dir but none restores.
+      ValueError: a config contradicts the dataset or another config.
+    """
+    # ---- Setup: configs against the data, strategy, precision, seeds.
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from dct_gen import configs, data, records
+    from dct_gen import model as model_lib
+
+    configs.check_dct_config(
+        dct_config, records.representation_from_info(records.read_info(data_dir))
+    )
+    if model_config.dct != dct_config:
+        raise ValueError(f"model_config.dct {model_config.dct} != dct_config {dct_config}")
+    for name in ("chunk_size", "overlap"):
+        if getattr(model_config, name) != getattr(train_config, name):
+            raise ValueError(
+                f"model_config.{name}={getattr(model_config, name)} != train_config.{name}="
+                f"{getattr(train_config, name)}: bind both (the gin macros CHUNK_SIZE, OVERLAP)"
+            )
+    for name, value in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be positive")
+    if eval_split is not None and eval_every < 1:
+        raise ValueError(f"eval_every={eval_every}: must be positive")
+    if sample_every < 0 or num_samples < 1:
+        raise ValueError(
+            f"sample_every={sample_every}, num_samples={num_samples}: sample_every must be >= 0 "
+            "(0: never) and num_samples >= 1"
+        )
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed)
+    strategy = strategy or make_strategy(tpu)
+    replicas = strategy.num_replicas_in_sync
+    batch_size = train_config.batch_size
+    if batch_size % replicas:
+        raise ValueError(
+            f"train_config.batch_size={batch_size} does not split over {replicas} replicas"
+        )
+    total_steps = (
+        int(max_steps)
+        if max_steps is not None
+        else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
+    )
+    os.makedirs(model_dir, exist_ok=True)
+    run_dir.save_run_config(model_dir, model_config, train_config)
+    checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
+    compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if train_config.mixed_precision else "float32")
+
+    try:
+        # ---- Input: one pipeline and iterator per local replica, each with its share of the
+        # global batch. Plain tf.data iterators go into the checkpoint, so the stream resumes
+        # exactly (a tf.distribute iterator is not checkpointable).
+        def dataset_fn(ctx: tf.distribute.InputContext):
+            return data.make_dataset(
+                data_dir,
+                train_split,
+                batch_size=ctx.get_per_replica_batch_size(batch_size),
+                chunk_size=train_config.chunk_size,
+                overlap=train_config.overlap,
+                seed=seed,
+                mode="train",
+                target_part=train_config.target_part,
+                input_context=ctx,
+            )
+
+        train_paths = records.split_files(data_dir, train_split)
+        local_replicas = [
+            int(r)
+            for r in strategy.experimental_local_results(
+                strategy.experimental_distribute_values_from_function(
+                    lambda ctx: ctx.replica_id_in_sync_group
+                )
+            )
+        ]
+        iterators = [
+            iter(dataset_fn(tf.distribute.InputContext(replicas, r, replicas)))
+            for r in local_replicas
+        ]
+
+        def next_batch():
+            batches = dict(zip(local_replicas, (next(it) for it in iterators)))
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: batches[ctx.replica_id_in_sync_group]
+            )
+
+        # ---- Model and optimizer (Keras 3.15: build the optimizer inside the scope).
+        with strategy.scope():
+            model = model_lib.build_model(model_config)
+            optimizer = keras.optimizers.Adam(
+                learning_rate=make_learning_rate(
+                    train_config.learning_rate, train_config.warmup_steps, total_steps
+                )
+            )
+            optimizer.build(model.trainable_variables)
+            tokens_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="tokens_seen")
+        # Dropout seed state lives in Keras SeedGenerators, outside the model's weights; a
+        # list (not names, which Keras numbers per process) keeps the keys stable.
+        trainable = {id(v) for v in model.trainable_variables}
+        state = [v for v in model.variables if id(v) not in trainable]
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            state=state,
+            tokens_seen=tokens_seen,
+            data=iterators,
+        )
+        manager = tf.train.CheckpointManager(
+            checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints
+        )
+        train_step = make_train_step(
+            strategy, model, optimizer, model_config.dct, train_config.grad_clip_norm
+        )
+        flops_per_token = model_lib.flops_per_token(model_config)
+
+        # ---- Restore: the newest checkpoint that restores; never a silent restart.
+        resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
+        step = int(optimizer.iterations.numpy())
+        if resumed_from is None:
+            log(f"no checkpoint in {checkpoint_dir}: starting at step 0")
+        else:
+            log(f"resumed from checkpoint {resumed_from} at step {step}")
+        metrics_path = os.path.join(model_dir, run_dir.METRICS_FILE)
+        eval_path = os.path.join(model_dir, run_dir.EVAL_FILE)
+        run_dir.truncate_jsonl(metrics_path, step)
+        run_dir.truncate_jsonl(eval_path, step)
+        if step >= total_steps:
+            log(f"step {step} >= {total_steps}: the run is already done")
+            return TrainResult(step, total_steps, "already_done", resumed_from, {}, {})
+
+        if peak_flops is None:
+            peak_flops = measure_peak_flops(compute_dtype)
+        log(
+            f"{model_lib.count_parameters(model_config):,} parameters, {replicas} replica(s), "
+            f"steps {step} -> {total_steps}, global batch {batch_size}, {compute_dtype}, "
+            f"peak {peak_flops / 1e9:.1f} GFLOP/s per replica"
+        )
+        train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+        eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+        eval_step = make_eval_step(strategy, model, model_config.dct)
+
+        def run_eval(at_step: int) -> dict:
+            start = time.perf_counter()
+            result = dict(
+                evaluate(
+                    strategy,
+                    eval_step,
+                    data_dir=data_dir,
+                    split=eval_split,
+                    batch_size=batch_size,
+                    chunk_size=train_config.chunk_size,
+                    overlap=train_config.overlap,
+                    target_part=train_config.target_part,
+                    max_batches=eval_batches,
+                )
+            )
+            with eval_writer.as_default(step=at_step):
+                for name, value in result.items():
+                    tf.summary.scalar(name, value)
+            eval_writer.flush()
+            record = {"step": at_step, "split": eval_split, "partial": eval_batches is not None}
+            record.update(result)
+            with open(eval_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(
+                f"eval step {at_step}: {eval_split} {result['bits_per_subpixel']:.4f} bits per "
+                f"subpixel over {int(result['sequences'])} sequences "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
+            return record
+
+        samplers = []
+
+        def log_samples(at_step: int) -> None:
+            """Unconditional samples to TensorBoard: the grid and the heatmaps."""
+            from dct_gen import pictures
+            from dct_gen import sample as sample_lib
+
+            start = time.perf_counter()
+            if not samplers:
+                samplers.append(sample_lib.Sampler(model, model_config))
+            max_chunks = sample_max_chunks or sample_lib.default_max_chunks(model_config)
+            labels = None
+            if model_config.num_classes:
+                labels = np.arange(num_samples) % model_config.num_classes
+            samples = sample_lib.sample_batches(
+                samplers[0],
+                num_samples,
+                labels=labels,
+                options=sample_lib.SampleOptions(max_chunks=max_chunks),
+                seed=seed + at_step,
+            )
+            images = [pictures.enlarge(im, 128) for im in samples.images()]
+            maps = [
+                pictures.enlarge(pictures.heatmap(s, model_config.dct), 128)
+                for s in samples.sequences
+            ]
+            with train_writer.as_default(step=at_step):
+                tf.summary.image("samples", pictures.grid(images)[None], step=at_step)
+                tf.summary.image("heatmaps", pictures.grid(maps)[None], step=at_step)
+                tf.summary.scalar(
+                    "samples/mean_triples",
+                    float(np.mean([len(q) for q in samples.sequences])),
+                    step=at_step,
+                )
+            train_writer.flush()
+            log(
+                f"samples at step {at_step}: {num_samples} logged to TensorBoard, "
+                f"{int(samples.finished.sum())} reached their stop token "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
+
+        if sample_every and train_config.target_part != "all":
+            log("sample_every: a colorization run (target_part 'chroma') logs no samples")
+            sample_every = 0
+
+        # ---- Loop.
+        last_metrics, last_eval = {}, {}
+        sums = collections.defaultdict(float)
+        window_steps, window_start = 0, time.perf_counter()
+        timed_steps, timed_seconds = 0, 0.0  # for the ETA (first step's compile left out)
+        stopped, first_step = "done", step
+        with _sigterm_flag() as sigterm:
+            while step < total_steps:
+                step_start = time.perf_counter()
+                try:
+                    out = train_step(next_batch())
+                except tf.errors.DataLossError as e:
+                    bad = data.find_corrupt_shards(train_paths)
+                    names = "; ".join(f"{p}: {m}" for p, m in bad) or "no single shard fails alone"
+                    raise data.ShardReadError(f"damaged TFRecord shard(s): {names}") from e
+                values = {k: float(v) for k, v in out.items()}
+                step += 1
+                if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                    raise NonFiniteLossError(
+                        f"loss {values['loss']} (gradient norm {values['grad_norm']}) at step "
+                        f"{step}, learning rate {float(optimizer.learning_rate):.3g}: stopping "
+                        f"without saving; the last checkpoint in {checkpoint_dir} is untouched. "
+                        "Lower train_config.learning_rate or check the data."
+                    )
+                tokens_seen.assign_add(int(values["tokens"]))
+                seconds = time.perf_counter() - step_start
+                if step > first_step + 1:
+                    timed_steps, timed_seconds = timed_steps + 1, timed_seconds + seconds
+                window_steps += 1
+                for k, v in values.items():
+                    sums[k] += v
+                if step_callback is not None:
+                    step_callback(step, values)
+
+                if step % log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    m = {k: v / window_steps for k, v in sums.items() if k != "tokens"}
+                    tokens_per_second = sums["tokens"] / max(elapsed, 1e-9)
+                    m.update(
+                        step=step,
+                        learning_rate=float(optimizer.learning_rate),
+                        tokens_per_second=tokens_per_second,
+                        tokens_seen=int(tokens_seen.numpy()),
+                        mfu=flops_per_token * tokens_per_second / (peak_flops * replicas),
+                    )
+                    last_metrics = {"step": step}
+                    last_metrics.update({k: m[k] for k in sorted(m) if k != "step"})
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(last_metrics) + "\n")
+                    with train_writer.as_default(step=step):
+                        for k, v in last_metrics.items():
+                            if k != "step":
+                                tf.summary.scalar(k, v)
+                    train_writer.flush()
+                    rate = timed_seconds / timed_steps if timed_steps else seconds
+                    eta = _format_seconds(rate * (total_steps - step))
+                    log(
+                        f"step {step}/{total_steps}  loss {m['loss']:.4f}  "
+                        f"bits/subpixel {m['bits_per_subpixel']:.4f}  "
+                        f"lr {m['learning_rate']:.3g}  {tokens_per_second:,.0f} tokens/s  "
+                        f"MFU {100 * m['mfu']:.2f}%  ETA {eta}"
+                    )
+                    sums.clear()
+                    window_steps, window_start = 0, time.perf_counter()
+
+                # ---- Evaluate.
+                if eval_split is not None and (step % eval_every == 0 or step == total_steps):
+                    last_eval = run_eval(step)
+                if sample_every and (step % sample_every == 0 or step == total_steps):
+                    log_samples(step)
+                    window_start = time.perf_counter()
+
+                # ---- Save.
+                if step % checkpoint_every == 0 or step == total_steps or sigterm["received"]:
+                    manager.save(checkpoint_number=step)
+                if sigterm["received"]:
+                    log(
+                        f"SIGTERM: saved checkpoint {step} in {checkpoint_dir}; run the same "
+                        "command again to resume"
+                    )
+                    stopped = "sigterm"
+                    break
+        log(f"stopped at step {step} ({stopped}); {int(tokens_seen.numpy()):,} target tokens seen")
+        train_writer.close()
+        eval_writer.close()
+        return TrainResult(step, total_steps, stopped, resumed_from, last_metrics, last_eval)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
