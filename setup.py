@@ -33,6 +33,7 @@ CORE = [
     "numpy>=1.26,<2.5",
     "protobuf>=6.31.1,<7",
     "pillow",
+    "matplotlib",
 ]
 
 EXTRAS = {
