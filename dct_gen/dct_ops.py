@@ -105,7 +105,7 @@ def encode_dct_image(image, cfg: rep.DCTConfig):
     image = tf.convert_to_tensor(image)
     tf.debugging.assert_rank(image, 3, message="encode_dct_image: image must be (h, w, 3)")
     rgb = _edge_pad(tf.cast(image[..., :3], tf.float32), 2 * b)
-    coef = tf.constant(rep._RGB_TO_YCBCR, tf.float32)
+    coef = tf.constant(rep.RGB_TO_YCBCR, tf.float32)
     ycc = tf.floor(tf.einsum("hwc,kc->hwk", rgb, coef) + tf.constant([0.5, 128.5, 128.5]))
     planes = [_block_dct_zigzag(ycc[..., 0] - 128.0, m, zz, b)]
     for c in (1, 2):
@@ -208,7 +208,7 @@ def decode_dct_image(dense, cfg: rep.DCTConfig, height=None, width=None):
         chroma = _fancy_upsample(chroma, -1, valid_w)
         planes.append(_to_samples(chroma))
     ycc = tf.stack(planes, axis=-1) + tf.constant([128.0, 0.0, 0.0])
-    rgb = tf.einsum("...k,ck->...c", ycc, tf.constant(rep._YCBCR_TO_RGB, tf.float32))
+    rgb = tf.einsum("...k,ck->...c", ycc, tf.constant(rep.YCBCR_TO_RGB, tf.float32))
     rgb = tf.cast(tf.clip_by_value(tf.floor(rgb + 0.5), 0.0, 255.0), tf.uint8)
     rgb = tf.ensure_shape(rgb, [None, g * b, g * b, 3])
     return rgb if batched else rgb[0]
@@ -226,7 +226,7 @@ def _front_end(rgb, cfg: rep.DCTConfig):
     m = tf.constant(rep.dct_matrix(b), tf.float32)
     zz = rep.zigzag(b)
     luma_t, chroma_t = rep.quant_tables(b, cfg.quality)
-    coef = tf.constant(rep._RGB_TO_YCBCR, tf.float32)
+    coef = tf.constant(rep.RGB_TO_YCBCR, tf.float32)
     offsets = tf.constant([-127.5, 128.5, 128.5])[:, None, None]
     ycc = tf.floor(tf.einsum("hwc,kc->khw", tf.cast(rgb, tf.float32), coef) + offsets)
 

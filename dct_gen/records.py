@@ -1,7 +1,7 @@
 """The on-disk record format shared by the Beam job and training: one tf.train.Example per image.
 
-A record holds one image's sparse DCT triples (DESIGN.md "Records"), without the stop token, in
-the order `dct_gen.representation.encode` emits them, plus its size, label and source key. The
+A record holds one image's sparse DCT triples (docs/datasets.md), without the stop token, in the
+order `dct_gen.representation.encode` emits them, plus its size, label and source key. The
 three int arrays are stored compactly, as protobuf varints in `Int64List` features:
 
 - `channel_runs`, `channel_run_lengths`: the channels run-length coded. The codec emits triples
@@ -22,7 +22,7 @@ for importing TensorFlow.
 
 A dataset directory holds, per split, `<split>.tfrecord-SSSSS-of-NNNNN` shards, a
 `failed-<split>.jsonl` dead-letter file, and, shared by the splits, `info.json` (the
-representation, per-split counts and sequence-length statistics; see `docs/beam.md`) and
+representation, per-split counts and sequence-length statistics; see `docs/datasets.md`) and
 `COMPLETED`, which names the splits whose conversion finished, one per line, and is written last.
 """
 

@@ -80,7 +80,7 @@ CHROMA_BASE_TABLE = np.array(
 )
 
 # JFIF (ITU-R BT.601 full range) colour transforms, for values centred on 0.
-_RGB_TO_YCBCR = np.array(
+RGB_TO_YCBCR = np.array(
     [
         [0.299, 0.587, 0.114],
         [-0.168735892, -0.331264108, 0.5],
@@ -88,7 +88,7 @@ _RGB_TO_YCBCR = np.array(
     ],
     dtype=np.float64,
 )
-_YCBCR_TO_RGB = np.array(
+YCBCR_TO_RGB = np.array(
     [
         [1.0, 0.0, 1.402],
         [1.0, -0.344136286, -0.714136286],
@@ -377,7 +377,7 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Y is centred on 0 (-128); Cb and Cr keep their +128 offset until after downsampling.
     """
     r, g, b = rgb.transpose(2, 0, 1).astype(np.float32, order="C")  # planar: contiguous math
-    m = _RGB_TO_YCBCR.astype(np.float32)
+    m = RGB_TO_YCBCR.astype(np.float32)
     out = []
     for row, offset in zip(m, (np.float32(-127.5), np.float32(128.5), np.float32(128.5))):
         # offset: +0.5 turns floor into round-half-up; luma is centred (-128) at the same time.
@@ -624,7 +624,7 @@ def upsample_chroma(plane: np.ndarray) -> np.ndarray:
 
 def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
     """Centred float Y, Cb, Cr planes -> uint8 HxWx3 RGB (JFIF), rounded and clipped."""
-    m = _YCBCR_TO_RGB.astype(np.float32)
+    m = YCBCR_TO_RGB.astype(np.float32)
     y = y + np.float32(128.5)  # +0.5: round half up with floor below
     out = np.empty(y.shape + (3,), dtype=np.uint8)
     out[..., 0] = np.clip(np.floor(y + m[0, 2] * cr), 0, 255)

@@ -78,7 +78,7 @@ def make_dataset(tmp_path_factory):
     """A factory: make_dataset(cfg, splits, num_shards=2) -> a dataset directory written by the
     Beam job from real photo crops; splits maps a split name to (number of images, seed).
     Each distinct call is built once per session."""
-    from beam_jobs.build_dataset import run_pipeline
+    from beam_jobs.pipeline import run_pipeline
 
     built = {}
 
@@ -134,11 +134,11 @@ def trained_run(test_data_dir, tmp_path_factory) -> TrainedRun:
 
     Shared by every test that needs a trained run: tests must not write into its directory
     (copy it first)."""
-    from dct_gen import train
+    from dct_gen import training
 
     model_dir = str(tmp_path_factory.mktemp("trained_run"))
     lines = []
-    result = train.train(
+    result = training.train(
         **load_test_configs(),
         data_dir=test_data_dir,
         model_dir=model_dir,

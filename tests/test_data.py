@@ -9,8 +9,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from beam_jobs.build_dataset import run_pipeline
-from dct_gen import data, photos, records
+from dct_gen import data, records
 from dct_gen import representation as rep
 from dct_gen.representation import DCTConfig
 
@@ -18,23 +17,18 @@ CHUNK, OVERLAP = 64, 16
 WINDOW = CHUNK + OVERLAP
 
 
-def _build(tmp, ordering: str) -> str:
-    images, out = os.path.join(tmp, "images"), os.path.join(tmp, ordering)
-    if not os.path.isdir(images):
-        photos.write_crops(images, 16, seed=0)
-    cfg = DCTConfig(block_size=8, quality=75, resolution=64, ordering=ordering)
-    run_pipeline(output_dir=out, cfg=cfg, image_glob=f"{images}/*.png", num_shards=2)
-    return out
+def _config(ordering: str) -> DCTConfig:
+    return DCTConfig(block_size=8, quality=75, resolution=64, ordering=ordering)
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    return _build(str(tmp_path_factory.mktemp("data")), "interleaved")
+def dataset_dir(make_dataset):
+    return make_dataset(_config("interleaved"), {"train": (16, 0)})
 
 
 @pytest.fixture(scope="module")
-def luma_first_dir(tmp_path_factory):
-    return _build(str(tmp_path_factory.mktemp("data_lf")), "luma_first")
+def luma_first_dir(make_dataset):
+    return make_dataset(_config("luma_first"), {"train": (16, 0)})
 
 
 def _sequences(data_dir: str) -> dict[int, dict]:
@@ -243,7 +237,7 @@ def test_eval_mode_walks_every_chunk_once(dataset_dir):
         np.testing.assert_array_equal(covered, np.arange(length))
 
 
-def test_colorization_targets_only_chroma(luma_first_dir):
+def test_colorization_targets_only_chroma(luma_first_dir, dataset_dir):
     cfg = records.representation_from_info(records.read_info(luma_first_dir))
     seqs = _sequences(luma_first_dir)
     ds = data.make_dataset(
@@ -260,14 +254,9 @@ def test_colorization_targets_only_chroma(luma_first_dir):
         assert np.count_nonzero(e["dct_image"][..., : cfg.channels_per_plane]) == n_luma
     with pytest.raises(ValueError, match="luma_first"):
         data.make_dataset(
-            dataset_dir_of(luma_first_dir), "train", batch_size=1, chunk_size=CHUNK,
+            dataset_dir, "train", batch_size=1, chunk_size=CHUNK,
             overlap=OVERLAP, seed=0, target_part="chroma",
         )  # fmt: skip
-
-
-def dataset_dir_of(luma_first_dir: str) -> str:
-    """The interleaved dataset built beside a luma_first one (same images)."""
-    return _build(os.path.dirname(luma_first_dir), "interleaved")
 
 
 # --------------------------------------------------------------------------------------------
