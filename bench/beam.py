@@ -31,7 +31,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beam_jobs import build_dataset  # noqa: E402
+from beam_jobs import pipeline  # noqa: E402
 from dct_gen import images, photos, records  # noqa: E402
 from dct_gen.representation import DCTConfig, encode  # noqa: E402
 
@@ -82,7 +82,7 @@ def beam_rate(glob: str, n: int, cfg: DCTConfig, pipeline_args: list[str]) -> fl
     out = tempfile.mkdtemp(prefix="bench-beam-out-")
     try:
         t = time.perf_counter()
-        entry = build_dataset.run_pipeline(
+        entry = pipeline.run_pipeline(
             output_dir=out, cfg=cfg, image_glob=glob, num_shards=4, pipeline_args=pipeline_args
         )
         seconds = time.perf_counter() - t

@@ -55,7 +55,7 @@ CONFIGS = {
 
 def build(name: str, spec: dict, root: str) -> str:
     """The config's dataset, built by beam_jobs from random photo crops (once)."""
-    from beam_jobs.build_dataset import run_pipeline
+    from beam_jobs.pipeline import run_pipeline
 
     out = os.path.join(root, f"input_pipeline_{name}")
     if os.path.exists(os.path.join(out, "COMPLETED")):

@@ -11,7 +11,7 @@ on held-out photos.) Steps, each cached under --root so that a rerun resumes:
 
 1. Data: square crops of one side (--crop) of the photos bundled with scikit-image and
    scikit-learn (`dct_gen.photos`), written as PNGs and converted by the Beam job
-   (`beam_jobs.build_dataset.run_pipeline`) in tiny.gin's representation (long side 64, B = 8;
+   (`beam_jobs.pipeline.run_pipeline`) in tiny.gin's representation (long side 64, B = 8;
    --quality, default 75). Training crops come from eight photos (mirrored about half the
    time), held-out crops from two others (`structural_mask.HELD_OUT`: china.jpg, flower.jpg), as
    in `bench/structural_mask.py`. Every crop is resized to the same size, so means over images
@@ -22,12 +22,12 @@ on held-out photos.) Steps, each cached under --root so that a rerun resumes:
    coding can spend; see that module); the scan plus the tables is reported too, and Pillow's
    own JPEG of the same crops as a cross-check.
 3. Models: `gin/experiments/tiny.gin` at three widths (--widths: hidden size d, 4 heads of d / 4;
-   the layer specs stay tiny.gin's), trained by `dct_gen.train.train` for --steps steps each, or
+   the layer specs stay tiny.gin's), trained by `dct_gen.training.train` for --steps steps each, or
    for about --minutes minutes each: a short timing run per width converts minutes to steps
    once, and the plan is saved (plan.json), so that a rerun trains the same runs to the same
    length and resumes from their checkpoints.
 4. Evaluation: the exact held-out bits per subpixel from the end of each run (`eval.jsonl`,
-   `dct_gen.train.evaluate`: mean over sequences, stop token included), split into channel,
+   `dct_gen.training.evaluate`: mean over sequences, stop token included), split into channel,
    position and value.
 
 Prints a table (model, parameters, steps, minutes of wall time in `train` including start-up and
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import shutil
 import statistics
@@ -53,7 +52,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dct_gen import jpeg_baseline, photos  # noqa: E402
+from dct_gen import jpeg_baseline, photos, pictures, plots  # noqa: E402
 from dct_gen.representation import DCTConfig  # noqa: E402
 
 
@@ -102,7 +101,7 @@ def representation(args: argparse.Namespace) -> DCTConfig:
 
 def build_data(out_dir: str, args: argparse.Namespace) -> str:
     """Writes the crops and converts them with the Beam job, once (COMPLETED lists both)."""
-    from beam_jobs.build_dataset import run_pipeline
+    from beam_jobs.pipeline import run_pipeline
 
     data_dir = os.path.join(out_dir, "data")
     done = os.path.join(data_dir, "COMPLETED")
@@ -182,9 +181,9 @@ def gin_params(width: int, args: argparse.Namespace) -> list[str]:
 
 
 def configs_for(width: int, args: argparse.Namespace):
-    from dct_gen import configs
+    from dct_gen import cli, configs
 
-    configs.parse([GIN_FILE], gin_params(width, args))
+    cli.parse_gin([GIN_FILE], gin_params(width, args))
     return configs.dct_config(), configs.model_config(), configs.train_config()
 
 
@@ -195,10 +194,10 @@ def parameters(width: int, args: argparse.Namespace) -> int:
 
 
 def run_training(width: int, steps: int, data_dir: str, model_dir: str, args, **kw):
-    """dct_gen.train.train on tiny.gin at this width; returns (TrainResult, seconds)."""
+    """dct_gen.training.train on tiny.gin at this width; returns (TrainResult, seconds)."""
     import keras
 
-    from dct_gen import train as train_lib
+    from dct_gen import training
 
     dct, model_config, train_config = configs_for(width, args)
     os.makedirs(model_dir, exist_ok=True)
@@ -206,7 +205,7 @@ def run_training(width: int, steps: int, data_dir: str, model_dir: str, args, **
         json.dump({"gin_file": GIN_FILE, "gin_params": gin_params(width, args)}, f, indent=1)
     keras.backend.clear_session()
     start = time.perf_counter()
-    result = train_lib.train(
+    result = training.train(
         model_config=model_config, dct_config=dct, train_config=train_config, data_dir=data_dir,
         model_dir=model_dir, max_steps=steps, seed=args.seed, **kw,
     )  # fmt: skip
@@ -306,81 +305,20 @@ def format_table(rows: list[dict], jpeg: dict) -> str:
 
 
 def plot(rows: list[dict], jpeg: dict, title: str, size=(760, 500)):
-    """Bits per subpixel against parameters (log x), JPEG's two figures and the target as lines."""
-    from PIL import Image, ImageDraw
-
-    from dct_gen import codec
-    from dct_gen.codec import _font, _nice_step
-
+    """Bits per subpixel against parameters (log x), JPEG's two figures and the target as
+    lines (`dct_gen.plots.scaling_plot`); an RGB uint8 array."""
     j = jpeg["coefficients"]
-    lines = [
-        ("JPEG + Huffman tables", j["scan_and_table_bits_per_subpixel"], (150, 150, 150)),
-        ("JPEG (optimized Huffman, tables free)", j["bits_per_subpixel"], (44, 160, 44)),
-        ("25% below JPEG", (1 - TARGET_SAVING) * j["bits_per_subpixel"], (255, 127, 14)),
-    ]
-    width, height = size
-    left, right, top, bottom = 76, 24, 96, 64
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    font, small = _font(15), _font(13)
-    x0, x1, y0, y1 = left, width - right, height - bottom, top
-    values = [r["bits_per_subpixel"] for r in rows] + [v for _, v, _ in lines]
-    lo, hi = min(values), max(values)
-    pad = 0.08 * max(hi - lo, 1e-3)
-    ystep = _nice_step(hi - lo + 2 * pad, 5)
-    ymin = ystep * math.floor((lo - pad) / ystep)
-    ymax = ystep * math.ceil((hi + pad) / ystep)
-    params = [r["parameters"] for r in rows]
-    lx0 = math.floor(math.log10(min(params)) * 2) / 2 - 0.25
-    lx1 = math.ceil(math.log10(max(params)) * 2) / 2 + 0.25
-    px = lambda p: x0 + (x1 - x0) * (math.log10(p) - lx0) / (lx1 - lx0)
-    py = lambda v: y0 - (y0 - y1) * (v - ymin) / (ymax - ymin)
-
-    for i in range(int(round((ymax - ymin) / ystep)) + 1):
-        v = ymin + i * ystep
-        draw.line([(x0, py(v)), (x1, py(v))], fill=(225, 225, 225))
-        label = f"{v:.3g}"
-        draw.text((x0 - 8 - draw.textlength(label, font=small), py(v) - 8), label, fill="black",
-                  font=small)  # fmt: skip
-    for e in range(math.floor(lx0), math.floor(lx1) + 1):
-        for m in (1, 2, 5):
-            p = m * 10.0**e
-            if not lx0 <= math.log10(p) <= lx1:
-                continue
-            draw.line([(px(p), y0), (px(p), y1)], fill=(240, 240, 240))
-            label = f"{p / 1e6:g}M" if p >= 1e6 else f"{p / 1e3:g}k"
-            tw = draw.textlength(label, font=small)
-            draw.text((px(p) - tw / 2, y0 + 8), label, fill="black", font=small)
-    draw.rectangle([x0, y1, x1, y0], outline="black")
-    for _, v, color in lines:
-        draw.line([(x0, py(v)), (x1, py(v))], fill=color, width=2)
-    pts = [(px(r["parameters"]), py(r["bits_per_subpixel"])) for r in rows]
-    color = (31, 119, 180)
-    if len(pts) > 1:
-        draw.line(pts, fill=color, width=3)
-    for (x, y), r in zip(pts, rows):
-        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color, outline="white")
-        label = f"d={r['width']}: {r['bits_per_subpixel']:.3f}"
-        draw.text((x + 8, y - 20), label, fill=color, font=small)
-
-    codec.label_axes(
-        img,
-        font,
-        (x0, x1, y0, y1),
-        "parameters (log scale)",
-        "held-out bits per subpixel",
-        title,
-        title_y=12,
-    )
-    entries = [("DCTransformer", color)] + [(n, c) for n, _, c in lines]
-    for row, chunk in enumerate((entries[:2], entries[2:])):
-        widths = [40 + draw.textlength(n, font=small) for n, _ in chunk]
-        lx, ly = (x0 + x1 - sum(widths) - 24 * (len(chunk) - 1)) / 2, 44 + 22 * row
-        for (name, c), w in zip(chunk, widths):
-            draw.line([(lx, ly), (lx + 30, ly)], fill=c, width=3)
-            draw.text((lx + 38, ly - 8), name, fill="black", font=small)
-            lx += w + 24
-    return img
+    references = {
+        "JPEG + Huffman tables": j["scan_and_table_bits_per_subpixel"],
+        "JPEG (optimized Huffman, tables free)": j["bits_per_subpixel"],
+        f"{100 * TARGET_SAVING:.0f}% below JPEG": (1 - TARGET_SAVING) * j["bits_per_subpixel"],
+    }
+    models = [
+        {"parameters": r["parameters"], "bits_per_subpixel": r["bits_per_subpixel"],
+         "label": f"d={r['width']}"}
+        for r in rows
+    ]  # fmt: skip
+    return plots.scaling_plot(models, references, title, size=size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,7 +420,7 @@ def main(argv=None) -> None:
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     png = os.path.join(out_dir, "scaling.png")
-    plot(rows, jpeg, title).save(png)
+    pictures.save_png(plot(rows, jpeg, title), png)
     print(f"wrote {path}\nwrote {png}")
 
 

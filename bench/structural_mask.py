@@ -31,7 +31,7 @@ COMPONENTS = ("bits_per_subpixel", "channel_bits_per_subpixel", "position_bits_p
 
 
 def build(root: str, train_images: int) -> str:
-    from beam_jobs.build_dataset import run_pipeline
+    from beam_jobs.pipeline import run_pipeline
 
     out = os.path.join(root, f"structural_mask_data_{train_images}")
     done = os.path.join(out, "COMPLETED")

@@ -61,7 +61,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from dct_gen import configs, data, layers  # noqa: E402
+from dct_gen import cli, configs, data, layers  # noqa: E402
 from dct_gen import model as model_lib  # noqa: E402
 from dct_gen.representation import DCTConfig  # noqa: E402
 
@@ -246,7 +246,7 @@ def measure_peak(gpu: bool) -> dict:
 
 def model_config(name: str) -> model_lib.ModelConfig:
     spec = CONFIGS[name]
-    configs.parse(spec["gin_files"], spec["gin_params"])
+    cli.parse_gin(spec["gin_files"], spec["gin_params"])
     return configs.model_config()
 
 

@@ -46,7 +46,12 @@ def error_line(prog: str, message: str) -> str:
 
 def _usage(prog: str, flag_values: flags.FlagValues, doc: str | None) -> str:
     text = (doc or f"python -m {prog} [flags]").strip() + "\n"
-    help_text = flag_values.get_help(include_special_flags=False)
+    # absl heads each module's flags with the module's file path; one module defines them all.
+    help_text = "\n".join(
+        line
+        for line in flag_values.get_help(include_special_flags=False).splitlines()
+        if not (line.endswith(":") and not line.startswith(" "))
+    )
     if help_text.strip():
         text += "\nflags:\n" + help_text.rstrip() + "\n"
     return text

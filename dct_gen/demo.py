@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from dct_gen import codec, photos, pictures
+from dct_gen import codec_files, photos, pictures
 from dct_gen import representation as rep
 
 QUALITIES = (10, 25, 50, 75, 90, 95)
@@ -48,7 +48,7 @@ def _photos(names: Sequence[str]) -> list[str]:
 
 def step_stats(out_dir: str) -> list[str]:
     """Figure 3 over every bundled colour photo, each at its own size."""
-    result = codec.run_stats(
+    result = codec_files.run_stats(
         photos.color_photo_paths(), os.path.join(out_dir, "stats"), qualities=QUALITIES
     )
     return list(result["files"].values())
@@ -61,7 +61,7 @@ def step_progressive(out_dir: str) -> list[str]:
         stem = os.path.splitext(os.path.basename(path))[0]
         for ordering in ("interleaved", "luma_first"):
             out = os.path.join(out_dir, "progressive", f"{stem}_{ordering}.png")
-            codec.progressive_file(
+            codec_files.progressive_file(
                 path, out, steps=8, spacing="geometric", panel_size=256, ordering=ordering
             )
             written.append(out)
@@ -71,8 +71,8 @@ def step_progressive(out_dir: str) -> list[str]:
 def step_roundtrip(out_dir: str) -> list[str]:
     """One photo to triples (.npz) and back (.png)."""
     npz_dir = os.path.join(out_dir, "roundtrip")
-    records = codec.encode_files(_photos(PROGRESSIVE_PHOTOS[:1]), npz_dir, quality=75)
-    decoded = [codec.decode_file(r["out"])["out"] for r in records]
+    records = codec_files.encode_files(_photos(PROGRESSIVE_PHOTOS[:1]), npz_dir, quality=75)
+    decoded = [codec_files.decode_file(r["out"])["out"] for r in records]
     return [r["out"] for r in records] + decoded
 
 
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     try:
         written = run(args.out, steps, redo=args.redo)
-    except (ValueError, codec.CodecError) as e:
+    except (ValueError, codec_files.CodecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"Demo outputs under {os.path.abspath(args.out)}:")

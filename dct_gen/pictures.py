@@ -1,19 +1,25 @@
-"""Pictures of sequences and samples: grids, heatmaps (paper Figure 1, right) and progressive
-strips (Figure 2g), and writing them as PNG files.
+"""Pictures of sequences and samples, as uint8 RGB arrays or Pillow images, and PNG files.
 
-numpy, Pillow and the representation only: no TensorFlow.
+- `save_png`: writes an array or image, creating the folder; errors name the file.
+- `heatmap`: where a sequence placed its triples, per block (paper Figure 1, right).
+- `grid`, `enlarge`, `panel`: tiling and scaling samples for viewing.
+- `progressive_points`, `progressive_strip`: decoded prefixes side by side (Figure 2g).
+- `font`: Pillow's default font at a size, for labels.
+
+Used by the codec (`codec_files`), sampling and the training summaries. Charts with axes are
+in `dct_gen.plots`. Layer 0: numpy, Pillow and the representation; no TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dct_gen import representation as rep
 from dct_gen.errors import InputError
-from dct_gen.representation import DCTConfig
 
 
 def save_png(image: np.ndarray | Image.Image, path: str) -> str:
@@ -34,9 +40,18 @@ def save_png(image: np.ndarray | Image.Image, path: str) -> str:
     return path
 
 
-def heatmap(seq: rep.DCTSequence, cfg: DCTConfig, size: int | None = None) -> np.ndarray:
-    """Where content was placed: triples per block position, as an RGB image of the sample's
-    size (`size`: long side in pixels, default the image's), black (none) to white (most)."""
+def heatmap(seq: rep.DCTSequence, cfg: rep.DCTConfig, size: int | None = None) -> np.ndarray:
+    """Where content was placed: the number of triples at each block position.
+
+    Args:
+      seq: the sequence (a sample or an encoded image).
+      cfg: its representation.
+      size: the long side of the result in pixels (nearest neighbour); None: the image's size.
+
+    Returns:
+      uint8 RGB array the shape of the image (or scaled to `size`), each block coloured from
+      black (no triple) through red and yellow to white (the most triples of any block).
+    """
     counts = np.bincount(seq.positions, minlength=cfg.num_positions).astype(np.float64)
     counts = counts.reshape(cfg.grid, cfg.grid)
     b = cfg.block_size
@@ -52,8 +67,17 @@ def heatmap(seq: rep.DCTSequence, cfg: DCTConfig, size: int | None = None) -> np
     return rgb
 
 
-def grid(images: list[np.ndarray], columns: int | None = None, margin: int = 4) -> np.ndarray:
-    """Tiles uint8 RGB images (any sizes) row by row on white; cells take the largest size."""
+def grid(images: Sequence[np.ndarray], columns: int | None = None, margin: int = 4) -> np.ndarray:
+    """Tiles uint8 RGB images (any sizes) row by row on white; cells take the largest size.
+
+    Args:
+      images: HxWx3 (or HxWx4: alpha dropped) uint8 arrays.
+      columns: images per row; None: the smallest square that holds them.
+      margin: white pixels around and between the cells.
+
+    Raises:
+      ValueError: no images.
+    """
     if not images:
         raise ValueError("grid: no images")
     columns = columns or int(np.ceil(np.sqrt(len(images))))
@@ -71,13 +95,14 @@ def grid(images: list[np.ndarray], columns: int | None = None, margin: int = 4) 
 
 
 def enlarge(image: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour enlargement to a long side of `size` (never shrinks)."""
+    """Nearest-neighbour enlargement by the largest whole factor that keeps the long side
+    within `size` (at least 1: never shrinks), so every block stays a crisp square."""
     scale = max(1, size // max(image.shape[:2]))
     return np.repeat(np.repeat(image, scale, 0), scale, 1)
 
 
 def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's default font at `size` points (the small bitmap font without FreeType)."""
+    """Pillow's default font at `size` pixels (the small bitmap font without FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):  # Pillow without FreeType: the small bitmap font
@@ -88,7 +113,11 @@ def progressive_points(length: int, steps: int, spacing: str = "geometric") -> l
     """The prefix lengths at which to decode: `steps` points ending at `length`.
 
     `linear` spaces them evenly; `geometric` spaces them by a constant ratio from length/2^(steps-1)
-    (capped below at 1), which shows the coarse early images that linear spacing skips.
+    (capped below at 1), which shows the coarse early images that linear spacing skips. An empty
+    sequence gives `steps` zeros.
+
+    Raises:
+      ValueError: steps < 1, or an unknown spacing.
     """
     if steps < 1:
         raise ValueError(f"steps={steps}: must be >= 1")
@@ -132,8 +161,14 @@ def progressive_strip(
     Each panel is the decoded prefix scaled so its long side is `panel_size` (0: decoded size);
     below it, the number of triples decoded and their share of the sequence.
 
+    Args:
+      seq, cfg: the sequence and its representation.
+      steps, spacing: the prefixes, as in `progressive_points`.
+      panel_size: the long side of each panel in pixels; 0 keeps the decoded size.
+      margin: white pixels around and between the panels.
+
     Returns:
-      The strip (RGB) and the prefix lengths.
+      The strip (RGB Pillow image) and the prefix lengths.
     """
     points = progressive_points(len(seq), steps, spacing)
     panels = [panel(rep.decode(seq, cfg, num_triples=n), panel_size) for n in points]

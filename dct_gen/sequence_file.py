@@ -2,7 +2,14 @@
 
 Written by `python -m dct_gen.codec encode` and by sampling; read back by `codec decode` and
 `codec progressive`. The file loads without pickle and is checked on reading (keys, config,
-triples). numpy and the representation only: no TensorFlow.
+triples), so a bad file is an `InputError` naming it, never a crash further on.
+
+Keys (NPZ_KEYS, all required): `format` (NPZ_FORMAT), `channels`, `positions`, `values`
+(int32, in the ordering, no stop token), `height`, `width`, `num_clipped`, and the
+representation (`block_size`, `quality`, `resolution`, `clip`, `ordering`, `interval`). An
+optional `source` names where the triples came from.
+
+Layer 0: numpy and the representation; no TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,7 +29,17 @@ NPZ_KEYS = ("format", *TRIPLE_KEYS, "height", "width", "num_clipped", *CONFIG_KE
 
 
 def save_npz(path: str, seq: rep.DCTSequence, cfg: rep.DCTConfig, source: str = "") -> None:
-    """Writes triples, size and config as a compressed .npz that loads without pickle."""
+    """Writes triples, size and config as a compressed .npz that loads without pickle.
+
+    Args:
+      path: the file to write (its folder must exist).
+      seq: the triples and the image size.
+      cfg: their representation.
+      source: where the triples came from (an input file name, a sample's index).
+
+    Raises:
+      InputError: the file cannot be written (the message names it).
+    """
     arrays = {
         "format": np.int32(NPZ_FORMAT),
         "channels": seq.channels.astype(np.int32),
@@ -34,13 +51,25 @@ def save_npz(path: str, seq: rep.DCTSequence, cfg: rep.DCTConfig, source: str = 
         "ordering": np.array(cfg.ordering),
         "source": np.array(source),
     }
-    for key in ("block_size", "quality", "resolution", "clip", "interval"):
-        arrays[key] = np.int32(getattr(cfg, key))
-    np.savez_compressed(path, **arrays)
+    for key in CONFIG_KEYS:
+        if key != "ordering":
+            arrays[key] = np.int32(getattr(cfg, key))
+    try:
+        np.savez_compressed(path, **arrays)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write ({e})") from e
 
 
 def load_npz(path: str) -> tuple[rep.DCTSequence, rep.DCTConfig]:
-    """Reads a file written by `save_npz`, checking keys, config and triples."""
+    """Reads a file written by `save_npz`, checking keys, config and triples.
+
+    Returns:
+      The sequence and its representation.
+
+    Raises:
+      InputError: the file is missing, not an .npz, of another format version, lacks keys, or
+        holds a config or triples the representation refuses (the message names the file).
+    """
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
@@ -56,8 +85,12 @@ def load_npz(path: str) -> tuple[rep.DCTSequence, rep.DCTConfig]:
             f"{path}: missing keys {missing}; expected a .npz written by "
             "`python -m dct_gen.codec encode`"
         )
-    if int(data["format"]) != NPZ_FORMAT:
-        raise InputError(f"{path}: format {int(data['format'])}, this version reads {NPZ_FORMAT}")
+    try:
+        version = int(data["format"])
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: format {data['format']!r} is not a version number") from None
+    if version != NPZ_FORMAT:
+        raise InputError(f"{path}: format {version}, this version reads {NPZ_FORMAT}")
     try:
         cfg = rep.DCTConfig(
             ordering=str(data["ordering"]),

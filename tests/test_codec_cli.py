@@ -1,4 +1,5 @@
-"""The codec command line (`python -m dct_gen.codec`) and the demo, called in-process."""
+"""The codec command line (`python -m dct_gen.codec`, absl flags) and its library
+(`dct_gen.codec_files`), called in-process; and the demo's codec steps."""
 
 import csv
 import json
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dct_gen import codec, demo, photos, pictures, sequence_file
+from dct_gen import codec, codec_files, demo, errors, photos, pictures, plots, sequence_file
 from dct_gen import representation as rep
 
 
@@ -84,7 +85,9 @@ def test_encode_prints_one_json_line_and_writes_npz(made_png, tmp_path, capsys):
     assert record["sparse_bpsp"] == pytest.approx(
         rep.sparse_bits(len(seq), cfg) / subpixels, abs=1e-5
     )
-    assert record["psnr"] == pytest.approx(codec.psnr(resized, rep.decode(seq, cfg)), abs=1e-3)
+    assert record["psnr"] == pytest.approx(
+        codec_files.psnr(resized, rep.decode(seq, cfg)), abs=1e-3
+    )
     assert 20 < record["psnr"] < 60
 
     assert record["out"] == str(out / "made.npz")
@@ -126,7 +129,7 @@ def test_round_trip_on_a_photo(tmp_path, capsys):
     resized = rep.resize(photos.load_rgb(chelsea), cfg)
     restored = np.asarray(Image.open(png))
     assert restored.shape == resized.shape
-    assert codec.psnr(resized, restored) == pytest.approx(encoded["psnr"], abs=1e-3)
+    assert codec_files.psnr(resized, restored) == pytest.approx(encoded["psnr"], abs=1e-3)
     assert encoded["psnr"] > 30
 
 
@@ -258,14 +261,16 @@ def test_stats_table_csv_and_plot(tmp_path, capsys):
     assert int(row["length"]) == len(seq)
     assert float(row["sparse_bpsp"]) == pytest.approx(rep.sparse_bits(len(seq), cfg) / subpixels)
     assert float(row["dense_bpsp"]) == pytest.approx(rep.dense_bits(64, 40, cfg) / subpixels)
-    assert float(row["jpeg_bpsp"]) == pytest.approx(codec.jpeg_bits(resized, 25) / subpixels)
+    assert float(row["jpeg_bpsp"]) == pytest.approx(codec_files.jpeg_bits(resized, 25) / subpixels)
     mean_jpeg = np.mean([float(r["jpeg_bpsp"]) for r in rows if r["quality"] == "25"])
     assert float(summary[0]["jpeg_bpsp"]) == pytest.approx(mean_jpeg)
 
+    # The plot (matplotlib): its size, and a line of each series' own colour.
     plot = np.asarray(Image.open(out / "stats.png").convert("RGB"))
     assert plot.shape == (480, 760, 3)
-    for _, _, color in codec._SERIES:  # every line is drawn
-        assert np.any(np.all(plot == np.array(color, np.uint8), axis=-1)), color
+    for _, _, color in plots.STATS_SERIES:
+        rgb = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)], np.uint8)
+        assert np.count_nonzero(np.all(plot == rgb, axis=-1)) > 50, color
 
 
 def test_stats_on_a_photo_directory_matches_figure_3_shape(tmp_path, capsys):
@@ -322,7 +327,8 @@ def bad_files(tmp_path, made_png):
         (["decode", "{d}/text.npz"], 1, ["text.npz", "not an .npz"]),
         (["decode", "{d}/far.npz"], 1, ["far.npz", "positions outside"]),
         (["decode", "{d}/badcfg.npz"], 1, ["badcfg.npz", "block_size=7"]),
-        (["progressive", "{d}/made.png", "--steps", "0"], 2, ["--steps", ">= 1"]),
+        (["progressive", "{d}/made.png", "--steps", "0"], 2, ["--steps", "positive"]),
+        (["progressive", "{d}/made.png", "{d}/made.png"], 2, ["progressive", "exactly one"]),
         (["progressive", "{d}/broken.png"], 1, ["broken.png"]),
         (["stats", "{d}/made.png", "--qualities", "10,x"], 2, ["--qualities", "'x'"]),
         (["stats", "{d}/made.png", "--qualities", "50,101"], 2, ["--qualities", "101"]),
@@ -330,6 +336,14 @@ def bad_files(tmp_path, made_png):
         (["stats", "{d}/made.png", "{d}/broken.png"], 1, ["broken.png"]),
         (["transcode", "x"], 2, ["transcode"]),
         ([], 2, ["usage"]),
+        (["encode"], 2, ["encode", "at least one"]),
+        (["encode", "{d}/made.png", "--bogus", "1"], 2, ["bogus"]),
+        # A flag of another command is refused, naming it.
+        (["encode", "{d}/made.png", "--steps", "3"], 2, ["--steps", "progressive"]),
+        (["encode", "{d}/made.png", "--qualities", "50"], 2, ["--qualities", "stats"]),
+        (["stats", "{d}/made.png", "--quality", "50"], 2, ["--quality", "encode"]),
+        (["decode", "{d}/made.npz", "--block_size", "8"], 2, ["--block_size", "decode"]),
+        (["decode", "{d}/made.npz", "{d}/far.npz"], 2, ["decode", "exactly one"]),
     ],
 )
 def test_errors_name_the_file_or_flag(bad_files, capsys, argv, status, words):
@@ -337,24 +351,54 @@ def test_errors_name_the_file_or_flag(bad_files, capsys, argv, status, words):
     argv = [a.format(d=bad_files) for a in argv]
     assert codec.main(argv) == status
     captured = capsys.readouterr()
+    # One line, `<prog>: error: <message>`, naming the file or flag; no traceback.
+    assert captured.err.count("\n") == 1 and captured.err.startswith("dct_gen.codec: error: ")
     for word in words:
         assert word in captured.err, (word, captured.err)
     assert "Traceback" not in captured.err
 
 
+def test_codec_error_is_an_input_error():
+    assert issubclass(codec_files.CodecError, errors.InputError)
+    with pytest.raises(errors.InputError, match="nowhere.png"):
+        codec_files.read_image("nowhere.png")
+
+
+def test_flags_do_not_carry_over_between_calls(made_png, tmp_path, capsys):
+    assert codec.main(["encode", made_png, "--quality", "20", "--out", str(tmp_path / "a")]) == 0
+    assert codec.main(["encode", made_png, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    _, low = sequence_file.load_npz(str(tmp_path / "a" / "made.npz"))
+    _, default = sequence_file.load_npz(str(tmp_path / "b" / "made.npz"))
+    assert (low.quality, default.quality) == (20, 75)
+
+
 def test_help_exits_cleanly(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        codec.main(["stats", "--help"])
-    assert exit_info.value.code == 0
+    assert codec.main(["stats", "--help"]) == 0
     help_text = capsys.readouterr().out
-    for flag in ("--qualities", "--block_size", "--resolution", "--out"):
+    assert help_text.startswith(codec.__doc__.strip().splitlines()[0])
+    for flag in ("--qualities", "--block_size", "--resolution", "--out", "--steps"):
         assert flag in help_text
 
 
-def test_cli_imports_no_tensorflow():
+def test_flag_defaults_are_the_librarys():
+    """The entry point writes the defaults out (so --help needs no numpy); they must agree."""
+    defaults = rep.DCTConfig()
+    assert codec.DEFAULTS == {k: getattr(defaults, k) for k in codec.DEFAULTS}
+    assert set(codec.DEFAULTS) | {"resolution"} == set(sequence_file.CONFIG_KEYS)
+    assert codec.CONFIG_KEYS == sequence_file.CONFIG_KEYS
+    assert (codec.BLOCK_SIZES, codec.ORDERINGS) == (rep.BLOCK_SIZES, rep.ORDERINGS)
+    assert codec.DEFAULT_QUALITIES == codec_files.DEFAULT_QUALITIES
+    assert codec.DEFAULT_OUT == codec_files.DEFAULT_OUT
+
+
+def test_cli_module_imports_nothing_heavy():
+    """--help answers at once: importing the entry point loads neither TensorFlow nor matplotlib
+    (only `stats` draws), nor numpy and Pillow (loaded after the flags parse)."""
     code = (
         "import sys, dct_gen.codec; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
+        "heavy = ('tensorflow', 'keras', 'matplotlib', 'numpy', 'PIL'); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy); "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
