@@ -1,10 +1,20 @@
 """Packaging for dct-gen: DCTransformer (Nash et al., ICML 2021) in TensorFlow 2 / Keras 3.
 
-The core install pins the stack verified in the project's STACK notes. It depends on
-`tensorflow-cpu`; the `accelerator` extra is for GPU/TPU hosts and must be installed into an
-environment that does not already hold `tensorflow-cpu` (both wheels share one folder), e.g.
-`pip install --no-deps -e . && pip install -e .[accelerator]` after `pip uninstall tensorflow-cpu`.
-Dataflow workers install this package through `--setup_file ./setup.py`.
+The core install pins the stack the project is tested with (TensorFlow 2.21, Keras 3.15, Apache
+Beam 2.77, TFDS 4.9, gin-config 0.5). The TensorFlow wheel is chosen when the package is built,
+by the environment variable DCT_GEN_TF_WHEEL: `tensorflow-cpu` (the default), `tensorflow` (GPU
+and TPU hosts) or `tensorflow[and-cuda]`. A package depends on exactly one of them, because
+they install into the same folder:
+
+    pip install .                                  # CPU
+    DCT_GEN_TF_WHEEL=tensorflow pip install .      # GPU/TPU
+
+Extras: `dataflow` (Beam's Google Cloud I/O, for the dataset job on Dataflow) and `test`.
+
+The gin configs live in the repository's top-level gin/ folder; they are installed inside the
+package as dct_gen/gin, where `dct_gen.cli.gin_dir()` finds them after a regular install (a
+source checkout or an editable install reads gin/ itself). Dataflow workers install this
+package through `--setup_file ./setup.py`.
 """
 
 import os
@@ -49,18 +59,31 @@ EXTRAS = {
     ],
 }
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _long_description() -> str:
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 setup(
     name="dct-gen",
     version="0.1.0",
     description="DCTransformer: generating images with sparse DCT representations",
-    long_description=open(os.path.join(os.path.dirname(__file__), "README.md")).read()
-    if os.path.exists(os.path.join(os.path.dirname(__file__), "README.md"))
-    else "",
+    long_description=_long_description(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["dct_gen", "dct_gen.*", "beam_jobs", "beam_jobs.*"]),
+    # The top-level gin/ folder is installed as the data-only package dct_gen.gin.
+    packages=find_packages(include=["dct_gen", "dct_gen.*", "beam_jobs", "beam_jobs.*"])
+    + ["dct_gen.gin"],
+    package_dir={"dct_gen.gin": "gin"},
+    package_data={"dct_gen.gin": ["*.gin", "*/*.gin"]},
     install_requires=CORE,
     extras_require=EXTRAS,
-    include_package_data=True,
     license="Apache-2.0",
+    license_files=["LICENSE"],
 )

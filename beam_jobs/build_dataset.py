@@ -1,5 +1,7 @@
 r"""Converts an image dataset into sharded TFRecords of sparse DCT triples (one split per run).
 
+    python -m beam_jobs.build_dataset --image_glob '/data/photos/train/*.jpg' --split train \
+        --gin_file data/tiny.gin --output_dir /data/dct/photos_64 --num_shards 16
     python -m beam_jobs.build_dataset --image_glob '/data/photos/*/*.jpg' --labels_from_dirs \
         --output_dir /data/dct/photos_384 --num_shards 64
     python -m beam_jobs.build_dataset --tfds_name cifar10 --split train \
@@ -7,174 +9,228 @@ r"""Converts an image dataset into sharded TFRecords of sparse DCT triples (one 
         --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \
         --setup_file ./setup.py
 
-Flags that are not this job's pass through to Beam as pipeline options; an argument that is
-neither is an error. Without `--runner` (or with `--runner DirectRunner`) the job runs locally on
-Beam's FnApiRunner (the DirectRunner's batch engine) in multi-processing mode on every core.
-It is named directly because Beam's DirectRunner first tries to download the Prism runner, which
-cannot work offline.
+The representation comes from the representation flags (default: the paper's LSUN row) or,
+with --gin_file/--gin_param, from the dct_config.* bindings that training reads (the
+gin/data/*.gin files, or an experiment that includes one). With gin, a field it leaves unbound
+takes its flag when one is given, and a flag given explicitly that contradicts a binding is an
+error.
 
-`run_pipeline(...)` is the same job as a function with plain keyword arguments, for tests,
-benchmarks and notebooks. The layout of the output directory is described in `docs/beam.md`.
+Any other --flag passes through to Beam as a pipeline option; an argument that is neither is an
+error. Without --runner (or with --runner DirectRunner) the job runs locally on every core.
+The output directory's layout is described in docs/datasets.md.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from absl import flags
 
-from beam_jobs import outputs
+from dct_gen import cli
+from dct_gen.errors import InputError, UsageError
 
-# The paper's LSUN row (Table 3): the job's default representation.
-from beam_jobs.pipeline import *  # noqa: F403 (being split)
-from dct_gen import images
-from dct_gen.representation import ORDERINGS, DCTConfig
+if TYPE_CHECKING:
+    from dct_gen.representation import DCTConfig
+
+PROG = "beam_jobs.build_dataset"
+
+# Written out rather than imported, so that --help loads neither numpy nor Beam (tests check
+# them against dct_gen.representation, dct_gen.images and beam_jobs.pipeline).
+REPRESENTATION_FIELDS = ("block_size", "quality", "resolution", "clip", "ordering", "interval")
+ORDERINGS = ("interleaved", "luma_first")
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class _JobFlags(flags.FlagValues):
+    """The job's flags. Parsing keeps every argument that is not one of them, in order, for Beam
+    (absl's known_only mode) instead of refusing it; `check_pipeline_args` then refuses what
+    Beam does not know either."""
+
+    def __call__(self, argv, known_only=True):
+        return super().__call__(argv, known_only=True)
+
+
+FLAGS = _JobFlags()
+_d = dict(flag_values=FLAGS)
+
+# Input.
+flags.DEFINE_string("tfds_name", None, "Prepared TFDS dataset: NAME[/CONFIG][:VERSION].", **_d)
+flags.DEFINE_string(
+    "split",
+    "train",
+    "TFDS split to read (e.g. train, validation, train[:10%]); with --image_glob, the name of "
+    "the output split.",
+    **_d,
+)
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: TFDS's).", **_d)
+flags.DEFINE_string("image_key", None, "TFDS image feature (default: found by type).", **_d)
+flags.DEFINE_string("label_key", None, "TFDS label feature (default: found by type).", **_d)
+flags.DEFINE_string("image_glob", None, "Image files to read, e.g. '/data/*/*.jpg'.", **_d)
+flags.DEFINE_bool(
+    "labels_from_dirs",
+    False,
+    "With --image_glob: label = parent folder's name, mapped to integers in sorted order.",
+    **_d,
+)
+# Representation: the defaults are the paper's LSUN row (Table 3), beam_jobs.pipeline's
+# DEFAULT_REPRESENTATION.
+flags.DEFINE_integer("block_size", 8, "DCT block size B (4, 8, 16, 32).", **_d)
+flags.DEFINE_integer("quality", 75, "IJG quality of the quantization tables (1-100).", **_d)
+flags.DEFINE_integer("resolution", 384, "Canvas side; long side of every image.", **_d)
+flags.DEFINE_integer("clip", 1200, "Quantized values are clipped to [-clip, clip].", **_d)
+flags.DEFINE_enum("ordering", "interleaved", list(ORDERINGS), "Channel ordering.", **_d)
+flags.DEFINE_integer("interval", 4, "Luma channels between chroma pairs (interleaved).", **_d)
+flags.DEFINE_multi_string(
+    "gin_file",
+    [],
+    "Gin file(s) whose dct_config.* bindings give the representation, as in training: a path, "
+    "or relative to gin/ (data/tiny.gin, experiments/tiny.gin). Representation flags then "
+    "only fill fields the gin leaves unbound; one that contradicts a binding is an error.",
+    **_d,
+)
+flags.DEFINE_multi_string(
+    "gin_param", [], "Gin bindings, e.g. 'dct_config.quality = 90' (after --gin_file).", **_d
+)
+# Output.
+flags.DEFINE_string("output_dir", None, "Output directory (local or gs://); required.", **_d)
+flags.DEFINE_string("output_split", None, "Split name in the output (default --split).", **_d)
+flags.DEFINE_integer("num_shards", 16, "Number of TFRecord shards.", **_d)
+flags.DEFINE_bool("overwrite", False, "Replace this split's existing output.", **_d)
+flags.DEFINE_float(
+    "max_failed_fraction", 0.01, "Fail the job when a larger fraction of inputs fails.", **_d
+)
+flags.DEFINE_integer(
+    "max_pixels", DEFAULT_MAX_PIXELS, "Inputs with more pixels fail (header check).", **_d
+)
+del _d
+
+
+def __getattr__(name: str):
+    # Scripts written before the split import these from here; they live in beam_jobs.pipeline
+    # and are loaded on first use, so that importing this module (and --help) stays light.
+    if name in ("run_pipeline", "DEFAULT_REPRESENTATION"):
+        from beam_jobs import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # ----------------------------------------------------------------------------------------------
-# Command line.
+# The representation: flags, or gin's dct_config.
 
 
-def define_flags() -> flags.FlagValues:
-    """The job's flags, in their own FlagValues (the process-wide FLAGS stay untouched)."""
-    fv = flags.FlagValues()
-    d = dict(flag_values=fv)
-    # Input.
-    flags.DEFINE_string("tfds_name", None, "Prepared TFDS dataset: NAME[/CONFIG][:VERSION].", **d)
-    flags.DEFINE_string(
-        "split",
-        "train",
-        "TFDS split to read (e.g. train, validation, train[:10%]); with "
-        "--image_glob, the name of the output split.",
-        **d,
-    )
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: TFDS's).", **d)
-    flags.DEFINE_string("image_key", None, "TFDS image feature (default: found by type).", **d)
-    flags.DEFINE_string("label_key", None, "TFDS label feature (default: found by type).", **d)
-    flags.DEFINE_string("image_glob", None, "Image files to read, e.g. '/data/*/*.jpg'.", **d)
-    flags.DEFINE_bool(
-        "labels_from_dirs",
-        False,
-        "With --image_glob: label = parent folder's name, mapped to integers in sorted order.",
-        **d,
-    )
-    # Representation.
-    flags.DEFINE_integer("block_size", 8, "DCT block size B (4, 8, 16, 32).", **d)
-    flags.DEFINE_integer("quality", 75, "IJG quality of the quantization tables (1-100).", **d)
-    flags.DEFINE_integer("resolution", 384, "Canvas side; long side of every image.", **d)
-    flags.DEFINE_integer("clip", 1200, "Quantized values are clipped to [-clip, clip].", **d)
-    flags.DEFINE_enum("ordering", "interleaved", list(ORDERINGS), "Channel ordering.", **d)
-    flags.DEFINE_integer("interval", 4, "Luma channels between chroma pairs (interleaved).", **d)
-    flags.DEFINE_multi_string(
-        "gin_file",
-        [],
-        f"Gin file(s) binding {GIN_SELECTOR}.<field> for the representation "
-        "fields; a flag given explicitly must agree with them.",
-        **d,
-    )
-    # Output.
-    flags.DEFINE_string("output_dir", None, "Output directory (local or gs://).", **d)
-    flags.DEFINE_string("output_split", None, "Split name in the output (default --split).", **d)
-    flags.DEFINE_integer("num_shards", 16, "Number of TFRecord shards.", **d)
-    flags.DEFINE_bool("overwrite", False, "Replace this split's existing output.", **d)
-    flags.DEFINE_float(
-        "max_failed_fraction", 0.01, "Fail the job when a larger fraction of inputs fails.", **d
-    )
-    flags.DEFINE_integer(
-        "max_pixels", images.DEFAULT_MAX_PIXELS, "Inputs with more pixels fail (header check).", **d
-    )
-    return fv
+def _gin_source(fv: flags.FlagValues) -> str:
+    parts = []
+    if fv.gin_file:
+        parts.append("--gin_file " + ", ".join(fv.gin_file))
+    if fv.gin_param:
+        parts.append("--gin_param " + "; ".join(fv.gin_param))
+    return " and ".join(parts)
 
 
-_REPRESENTATION_DEFAULTS = {f: getattr(DEFAULT_REPRESENTATION, f) for f in REPRESENTATION_FIELDS}
+def representation(fv: flags.FlagValues = FLAGS) -> DCTConfig:
+    """The representation the job writes, from parsed flags.
 
-
-_gin_registered = False
-
-
-def _register_gin() -> None:
-    """Registers the `build_dataset` configurable (once per process) whose bindings we read."""
-    global _gin_registered
-    if _gin_registered:
-        return
-    import gin
-
-    def bindings(**kwargs):
-        return kwargs
-
-    gin.external_configurable(bindings, name=GIN_SELECTOR, allowlist=list(REPRESENTATION_FIELDS))
-    _gin_registered = True
-
-
-_UNBOUND = object()
-
-
-def gin_representation(gin_files: Sequence[str]) -> dict:
-    """The representation fields that the gin files bind as `build_dataset.<field> = ...`.
-
-    Bindings of other configurables are ignored, so a gin file can be shared with other
-    programs.
-    """
-    import gin
-
-    _register_gin()
-    for path in gin_files:
-        if not os.path.exists(path):
-            raise ValueError(f"--gin_file={path}: no such file")
-    with gin.unlock_config():
-        # A marker value first, so that bindings from an earlier parse in this process do not
-        # count as bound by these files.
-        for field in REPRESENTATION_FIELDS:
-            gin.bind_parameter(f"{GIN_SELECTOR}.{field}", _UNBOUND)
-        gin.parse_config_files_and_bindings(
-            list(gin_files), None, finalize_config=False, skip_unknown=True
-        )
-    bound = {}
-    for field in REPRESENTATION_FIELDS:
-        value = gin.query_parameter(f"{GIN_SELECTOR}.{field}")
-        if value is not _UNBOUND:
-            bound[field] = value
-    return bound
-
-
-def representation_from_flags(fv: flags.FlagValues) -> DCTConfig:
-    """The representation: flags given explicitly, else gin bindings, else the defaults."""
-    bound = gin_representation(fv.gin_file) if fv.gin_file else {}
-    values = {}
-    for field in REPRESENTATION_FIELDS:
-        flag = fv[field]
-        if flag.present and field in bound and bound[field] != flag.value:
-            raise ValueError(
-                f"--{field}={flag.value} contradicts {GIN_SELECTOR}.{field} = {bound[field]!r} in "
-                f"--gin_file {', '.join(fv.gin_file)}"
-            )
-        values[field] = flag.value if flag.present else bound.get(field, flag.value)
-    try:
-        return DCTConfig(**values)
-    except ValueError as e:
-        raise ValueError(f"representation flags: {e}") from None
-
-
-def parse_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
-    """Command line -> (run_pipeline keyword arguments, Beam pipeline arguments).
+    Without gin, the representation flags (their defaults included). With --gin_file or
+    --gin_param, `dct_gen.configs.dct_config()` of the parsed gin, as training reads it: gin
+    must bind some dct_config field; a field it leaves unbound takes its flag if given
+    explicitly, else dct_config's own default or requirement.
 
     Raises:
-      ValueError: for a bad or unknown flag, naming it.
+      UsageError: a representation flag contradicts a gin binding (both are named), or the
+        flags make no valid representation.
+      InputError: a gin file is missing or gin refuses it, the gin binds no dct_config field
+        (the files are named), a required field is neither bound nor given, or the bound values
+        make no valid representation.
     """
-    fv = define_flags()
+    from dct_gen.representation import DCTConfig
+
+    explicit = {f: fv[f].value for f in REPRESENTATION_FIELDS if fv[f].present}
+    if not fv.gin_file and not fv.gin_param:
+        try:
+            return DCTConfig(**{f: fv[f].value for f in REPRESENTATION_FIELDS})
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"representation flags: {e}") from None
+
+    import gin
+
+    from dct_gen import configs
+
+    source = _gin_source(fv)
     try:
-        rest = fv(list(argv), known_only=True)
-    except flags.Error as e:
-        raise ValueError(str(e)) from None
-    if not fv.output_dir:
-        raise ValueError("--output_dir is required")
-    pipeline_args = list(rest[1:])
-    check_pipeline_args(pipeline_args)
+        try:
+            cli.parse_gin(fv.gin_file, fv.gin_param)
+        except InputError as e:
+            if "'build_dataset'" in str(e):
+                raise InputError(
+                    f"{source}: build_dataset.<field> bindings are no longer read; bind "
+                    "dct_config.<field> instead, as gin/data/*.gin do"
+                ) from None
+            raise
+        bound = configs.bound_dct_fields()
+        if not bound:
+            raise InputError(
+                f"{source}: binds no dct_config.* (the representation this job writes); give "
+                "a gin/data/*.gin file, or an experiment that includes one, or leave out gin and "
+                "use the representation flags"
+            )
+        missing = [f for f in configs.REQUIRED_DCT_FIELDS if f not in bound and f not in explicit]
+        if missing:
+            raise InputError(
+                f"{source}: binds {', '.join(f'dct_config.{f}' for f in sorted(bound))} but not "
+                f"dct_config.{missing[0]}; bind it, or give --{missing[0]}"
+            )
+        fill = {f: v for f, v in explicit.items() if f not in bound}
+        try:
+            cfg = configs.dct_config(**fill)
+        except (TypeError, ValueError) as e:
+            # gin appends the call site on further lines; the first says what is wrong.
+            raise InputError(f"{source}: {str(e).splitlines()[0]}") from None
+    finally:
+        gin.clear_config()
+    for field, value in explicit.items():
+        if field in bound and getattr(cfg, field) != value:
+            raise UsageError(
+                f"--{field}={value} contradicts dct_config.{field} = {getattr(cfg, field)!r} "
+                f"in {source}"
+            )
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line.
+
+
+def _pipeline():
+    """beam_jobs.pipeline, imported with the root logger quiet: importing Beam logs a warning
+    about Google Cloud client libraries that this job needs only for gs:// paths (and then
+    says so itself, naming the flag)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        from beam_jobs import pipeline
+    finally:
+        root.setLevel(level)
+    return pipeline
+
+
+def job_arguments(beam_args: Sequence[str], fv: flags.FlagValues = FLAGS) -> dict:
+    """run_pipeline's keyword arguments from parsed flags and the arguments left for Beam.
+
+    Raises:
+      UsageError: a missing or bad flag, or an argument that is neither the job's flag nor a
+        Beam pipeline option (with the closest name).
+      InputError: bad gin files (see `representation`).
+    """
+    cli.require(fv, "output_dir")
+    pipeline = _pipeline()
+    beam_args = list(beam_args)
+    pipeline.check_pipeline_args(beam_args, job_flags=list(fv))
     kwargs = dict(
-        output_dir=fv.output_dir,
-        cfg=representation_from_flags(fv),
         image_glob=fv.image_glob,
         labels_from_dirs=fv.labels_from_dirs,
         tfds_name=fv.tfds_name,
@@ -186,37 +242,48 @@ def parse_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
         num_shards=fv.num_shards,
         max_failed_fraction=fv.max_failed_fraction,
         max_pixels=fv.max_pixels,
-        overwrite=fv.overwrite,
-        pipeline_args=pipeline_args,
     )
-    unchecked = ("output_dir", "cfg", "overwrite", "pipeline_args")
-    check_arguments(**{k: v for k, v in kwargs.items() if k not in unchecked})
-    return kwargs, pipeline_args
+    pipeline.check_arguments(**kwargs)
+    return dict(
+        output_dir=fv.output_dir,
+        cfg=representation(fv),
+        overwrite=fv.overwrite,
+        pipeline_args=beam_args,
+        **kwargs,
+    )
+
+
+def parse_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
+    """Command line (argv[0] the program's name) -> (run_pipeline keyword arguments, Beam
+    pipeline arguments); checks it as the job would, without running anything.
+
+    Raises:
+      UsageError, InputError (both ValueErrors): as `job_arguments`, naming the flag or file.
+    """
+    beam_args = cli.parse(FLAGS, list(argv[1:]), PROG)
+    kwargs = job_arguments(beam_args)
+    return kwargs, kwargs["pipeline_args"]
+
+
+def _main(beam_args: list[str]) -> int:
+    kwargs = job_arguments(beam_args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    entry = _pipeline().run_pipeline(**kwargs)
+    counts, lengths = entry["counts"], entry["lengths"]
+    print(
+        f"{PROG}: wrote {counts['written']} records to {kwargs['output_dir']} "
+        f"({entry['num_shards']} shards), failed {counts['failed_total']} {counts['failed']}; "
+        f"{counts['bytes_per_triple']} bytes/triple; lengths p50 {lengths.get('p50')} "
+        f"p99 {lengths.get('p99')} max {lengths.get('max')}",
+        flush=True,
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(define_flags().get_help())
-        print("\nAny other --flag is passed to Beam as a pipeline option.")
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        kwargs, _ = parse_args(argv)
-        entry = run_pipeline(**kwargs)
-    except (ValueError, outputs.OutputExistsError, outputs.FailedFractionError) as e:
-        print(f"build_dataset: error: {e}", file=sys.stderr)
-        return 1
-    counts, lengths = entry["counts"], entry["lengths"]
-    print(
-        f"build_dataset: wrote {counts['written']} records to {kwargs['output_dir']} "
-        f"({entry['num_shards']} shards), failed {counts['failed_total']} {counts['failed']}; "
-        f"{counts['bytes_per_triple']} bytes/triple; lengths p50 {lengths.get('p50')} "
-        f"p99 {lengths.get('p99')} max {lengths.get('max')}"
-    )
-    return 0
+    """Runs the job; argv without the program name (None: sys.argv[1:])."""
+    return cli.run(_main, FLAGS, argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

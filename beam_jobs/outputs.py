@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from dct_gen import records
+from dct_gen.errors import InputError
 from dct_gen.representation import DCTConfig
 
 # Length histogram resolution in info.json.
@@ -41,11 +42,11 @@ def dumps(info: Mapping[str, Any]) -> str:
     return numbers.sub(lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(InputError, FileExistsError):
     """The output directory already holds output for this split and --overwrite was not given."""
 
 
-class FailedFractionError(RuntimeError):
+class FailedFractionError(InputError, RuntimeError):
     """More inputs failed than --max_failed_fraction allows; COMPLETED was not written."""
 
 
@@ -94,10 +95,13 @@ def read_info(output_dir: str) -> dict | None:
     try:
         info = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise InputError(
             f"{path} is not valid JSON ({e}); delete it or use another directory"
         ) from None
-    return dict(records.check_info(info, path))
+    try:
+        return dict(records.check_info(info, path))
+    except ValueError as e:  # another format version, a missing field: the user's directory
+        raise InputError(f"--output_dir: {e}") from None
 
 
 def completed_splits(output_dir: str) -> list[str]:
@@ -126,7 +130,7 @@ def prepare_output_dir(
 
     Raises:
       OutputExistsError: the directory holds output of this split and overwrite is False.
-      ValueError: other splits in the directory were made with a different representation.
+      InputError: other splits in the directory were made with a different representation.
     """
     info = read_info(output_dir)
     found = split_files(output_dir, split)
@@ -142,8 +146,8 @@ def prepare_output_dir(
     if info is not None:
         others = sorted(s for s in info["splits"] if s != split)
         if others and info["representation"] != cfg.to_dict():
-            raise ValueError(
-                f"{output_dir} holds splits {others} made with representation "
+            raise InputError(
+                f"--output_dir={output_dir} holds splits {others} made with representation "
                 f"{info['representation']}; this run asks for {cfg.to_dict()}. Use another "
                 "--output_dir (one directory holds one representation)"
             )
@@ -210,7 +214,7 @@ def length_summary(length_counts: Mapping[int, int]) -> dict:
 
     Percentiles use the nearest-rank rule (the smallest length L such that at least p% of the
     sequences have length <= L). `length_filter_kept_fraction[q]` is the expected fraction of
-    sequences that the length-bias filter keeps (probability min(L / L_max, 1), DESIGN.md)
+    sequences that the length-bias filter keeps (probability min(L / L_max, 1), docs/training.md)
     with L_max set to percentile q; `suggested_l_max` is the p99 length.
     """
     summary: dict[str, Any] = {"definition": LENGTH_DEFINITION}

@@ -1,25 +1,22 @@
-r"""Converts an image dataset into sharded TFRecords of sparse DCT triples (one split per run).
+"""The dataset job as a library: `run_pipeline(...)` converts one split of an image dataset
+into sharded TFRecords of sparse DCT triples, and `make_pipeline` sets up the runner.
 
-    python -m beam_jobs.build_dataset --image_glob '/data/photos/*/*.jpg' --labels_from_dirs \
-        --output_dir /data/dct/photos_384 --num_shards 64
-    python -m beam_jobs.build_dataset --tfds_name cifar10 --split train \
-        --output_dir gs://bucket/dct/cifar10 --resolution 32 --block_size 4 \
-        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \
-        --setup_file ./setup.py
+`python -m beam_jobs.build_dataset` is the same job from the command line; tests, benchmarks
+and notebooks call `run_pipeline` with plain keyword arguments. Locally (no runner, or
+`DirectRunner`) the job runs on Beam's FnApiRunner (the DirectRunner's batch engine) in
+multi-processing mode on every core. It is named directly because Beam's DirectRunner first
+tries to download the Prism runner, which cannot work offline.
 
-Flags that are not this job's pass through to Beam as pipeline options; an argument that is
-neither is an error. Without `--runner` (or with `--runner DirectRunner`) the job runs locally on
-Beam's FnApiRunner (the DirectRunner's batch engine) in multi-processing mode on every core.
-It is named directly because Beam's DirectRunner first tries to download the Prism runner, which
-cannot work offline.
-
-`run_pipeline(...)` is the same job as a function with plain keyword arguments, for tests,
-benchmarks and notebooks. The layout of the output directory is described in `docs/beam.md`.
+The layout of the output directory is described in docs/datasets.md. Bad arguments and inputs
+raise `dct_gen.errors.UsageError` (a flag's value or a combination of flags) or `InputError`
+(a missing input, an output directory that cannot take this split), each naming the flag.
+Nothing here imports TensorFlow or Keras at module level.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from collections.abc import Sequence
 
@@ -34,14 +31,13 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_jobs import outputs, transforms
 from dct_gen import images, records
+from dct_gen.errors import InputError, UsageError
 from dct_gen.representation import DCTConfig
 
 # The paper's LSUN row (Table 3): the job's default representation.
 DEFAULT_REPRESENTATION = DCTConfig(
     block_size=8, quality=75, resolution=384, clip=1200, ordering="interleaved", interval=4
 )
-REPRESENTATION_FIELDS = ("block_size", "quality", "resolution", "clip", "ordering", "interval")
-GIN_SELECTOR = "build_dataset"
 
 _LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -99,9 +95,12 @@ def run_pipeline(
       The split's entry of info.json (counts, lengths, source, labels).
 
     Raises:
-      ValueError: bad arguments, each naming its flag.
-      outputs.OutputExistsError: output exists and overwrite is False.
-      outputs.FailedFractionError: too many inputs failed.
+      UsageError: bad arguments or pipeline options, each naming its flag.
+      InputError: an input that does not exist (no file matches image_glob, no prepared TFDS
+        data), an output_dir that cannot be used (its filesystem is unavailable, it holds
+        another representation); each names the flag.
+      outputs.OutputExistsError: output exists and overwrite is False (an InputError).
+      outputs.FailedFractionError: too many inputs failed (an InputError).
     """
     out_split = check_arguments(
         image_glob=image_glob,
@@ -123,7 +122,7 @@ def run_pipeline(
     if image_glob is not None:
         _check_filesystem(image_glob, "image_glob")
         if not FileSystems.match([image_glob], limits=[1])[0].metadata_list:
-            raise ValueError(f"--image_glob={image_glob} matches no file")
+            raise InputError(f"--image_glob={image_glob} matches no file")
         source = {"kind": "image_glob", "pattern": image_glob, "labels_from_dirs": labels_from_dirs}
         tfds_spec = None
     else:
@@ -137,13 +136,14 @@ def run_pipeline(
             "label_key": tfds_spec["label_key"],
         }
 
+    _check_output_dir(output_dir)
     info = outputs.prepare_output_dir(output_dir, out_split, cfg, overwrite=overwrite)
     other_label_names = outputs.label_names_of_other_splits(info, out_split)
     if tfds_spec is not None and other_label_names and tfds_spec["label_names"]:
         if tfds_spec["label_names"] != other_label_names:
-            raise ValueError(
-                f"{output_dir} holds splits whose label names differ from {tfds_name}'s; use "
-                "another --output_dir"
+            raise InputError(
+                f"--output_dir={output_dir} holds splits whose label names differ from "
+                f"{tfds_name}'s; use another --output_dir"
             )
 
     p = make_pipeline(pipeline_args)
@@ -258,26 +258,26 @@ def check_arguments(
     """Checks the arguments that need no file access; returns the output split's name.
 
     Raises:
-      ValueError: naming the flag at fault.
+      UsageError: naming the flag at fault.
     """
     if (image_glob is None) == (tfds_name is None):
-        raise ValueError("give exactly one input: --image_glob or --tfds_name")
+        raise UsageError("give exactly one input: --image_glob or --tfds_name")
     if labels_from_dirs and image_glob is None:
-        raise ValueError("--labels_from_dirs applies to --image_glob input only")
+        raise UsageError("--labels_from_dirs applies to --image_glob input only")
     if tfds_name is None and (image_key or label_key or tfds_data_dir):
-        raise ValueError("--image_key, --label_key and --tfds_data_dir apply to --tfds_name only")
+        raise UsageError("--image_key, --label_key and --tfds_data_dir apply to --tfds_name only")
     if num_shards < 1:
-        raise ValueError(f"--num_shards={num_shards}: must be >= 1")
+        raise UsageError(f"--num_shards={num_shards}: must be >= 1")
     if not 0.0 <= max_failed_fraction <= 1.0:
-        raise ValueError(f"--max_failed_fraction={max_failed_fraction}: must be in [0, 1]")
+        raise UsageError(f"--max_failed_fraction={max_failed_fraction}: must be in [0, 1]")
     if max_pixels < 1:
-        raise ValueError(f"--max_pixels={max_pixels}: must be >= 1")
+        raise UsageError(f"--max_pixels={max_pixels}: must be >= 1")
     out_split = output_split or split
     try:
         records.check_split_name(out_split)
     except ValueError as e:
         flag = "--output_split" if output_split else "--split (or give --output_split)"
-        raise ValueError(f"{flag}: {e}") from None
+        raise UsageError(f"{flag}: {e}") from None
     return out_split
 
 
@@ -288,7 +288,24 @@ def _check_filesystem(path: str, flag: str) -> None:
         hint = ""
         if path.startswith("gs://"):
             hint = " (gs:// needs the GCP extra: pip install 'apache-beam[gcp]==2.77.0')"
-        raise ValueError(f"--{flag}={path}: {e}{hint}") from None
+        raise InputError(f"--{flag}={path}: {e}{hint}") from None
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """A local output_dir must be (or become) a writable directory; checked before the pipeline
+    starts, so that a typo fails in one line and not inside a worker. Remote filesystems are
+    left to the job (listing a bucket needs credentials this check should not ask for)."""
+    if "://" in output_dir:
+        return
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise InputError(f"--output_dir={output_dir}: exists and is not a directory")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or e
+        raise InputError(f"--output_dir={output_dir}: cannot create it ({reason})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise InputError(f"--output_dir={output_dir}: not writable")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,11 +316,28 @@ def _given(args: Sequence[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
 
-def check_pipeline_args(args: Sequence[str]) -> None:
-    """Raises ValueError for arguments that are not Beam pipeline options (typos included)."""
-    options = PipelineOptions(list(args))
-    known = options.get_all_options(retain_unknown_options=False)
-    every = options.get_all_options(retain_unknown_options=True)
+def check_pipeline_args(args: Sequence[str], job_flags: Sequence[str] = ()) -> None:
+    """Refuses arguments that are not Beam pipeline options (typos included).
+
+    Args:
+      args: the arguments meant for Beam.
+      job_flags: the names of the calling command's own flags, so that a misspelt one is
+        suggested too (the command line passes its flags; `run_pipeline` none).
+
+    Raises:
+      UsageError: naming every unknown option (with the closest known name) and every stray
+        argument.
+    """
+    # Beam logs each argument it cannot parse; they are reported below, once, with a hint.
+    log = logging.getLogger("apache_beam.options.pipeline_options")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        options = PipelineOptions(list(args))
+        known = options.get_all_options(retain_unknown_options=False)
+        every = options.get_all_options(retain_unknown_options=True)
+    finally:
+        log.setLevel(level)
     unknown = sorted(set(every) - set(known))
     stray = [
         a
@@ -311,14 +345,12 @@ def check_pipeline_args(args: Sequence[str]) -> None:
         if not a.startswith("-") and (not prev.startswith("--") or "=" in prev)
     ]
     if unknown or stray:
-        from beam_jobs.build_dataset import define_flags  # (being split)
-
-        names = list(define_flags()) + list(known)
+        names = list(job_flags) + list(known)
         described = []
         for u in unknown:
             close = difflib.get_close_matches(u, names, n=1)
             described.append(f"--{u}" + (f" (did you mean --{close[0]}?)" if close else ""))
-        raise ValueError(
+        raise UsageError(
             "neither flags of beam_jobs.build_dataset nor Beam pipeline options: "
             + ", ".join(described + [repr(s) for s in stray])
         )

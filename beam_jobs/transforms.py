@@ -33,6 +33,7 @@ from PIL import Image
 
 from beam_jobs import outputs
 from dct_gen import images, records
+from dct_gen.errors import InputError
 from dct_gen.representation import DCTConfig, check_triples, encode
 
 NAMESPACE = "dct_gen"
@@ -164,21 +165,26 @@ def tfds_features(
       (or None), "label_names" (or None), "num_examples"}.
 
     Raises:
-      ValueError: naming the dataset and the flag to fix when something is missing or
-        ambiguous, or when the dataset is not prepared in data_dir.
+      InputError: naming the dataset and the flag to fix when something is missing or
+        ambiguous, when TFDS knows no such dataset, or when the dataset is not prepared in
+        data_dir.
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except ValueError as e:  # TFDS's DatasetNotFoundError lists every dataset: keep line one
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--tfds_name={name}: {first}") from None
     if not builder.info.splits.total_num_examples:
-        raise ValueError(
+        raise InputError(
             f"--tfds_name={name}: no prepared data in {builder.data_dir}; prepare it first "
             f"(e.g. `tfds build {name.split(':')[0]} --data_dir DIR`) and pass --tfds_data_dir"
         )
     try:
         num_examples = builder.info.splits[split].num_examples
     except (KeyError, ValueError) as e:
-        raise ValueError(
+        raise InputError(
             f"--split={split}: not a split of {name} (splits: {sorted(builder.info.splits)}): {e}"
         ) from None
     features = dict(builder.info.features.items())
@@ -186,7 +192,7 @@ def tfds_features(
     def pick(kind, key, preferred, flag, required):
         if key is not None:
             if key not in features:
-                raise ValueError(f"--{flag}={key}: {name} has features {sorted(features)}")
+                raise InputError(f"--{flag}={key}: {name} has features {sorted(features)}")
             return key
         found = sorted(k for k, f in features.items() if isinstance(f, kind))
         if preferred in found:
@@ -194,7 +200,7 @@ def tfds_features(
         if len(found) == 1:
             return found[0]
         if found or required:
-            raise ValueError(
+            raise InputError(
                 f"{name}: cannot tell which {kind.__name__} feature to use among {found or None}"
                 f" (features: {sorted(features)}); pass --{flag}"
             )

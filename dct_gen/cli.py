@@ -22,6 +22,7 @@ This module imports neither TensorFlow nor gin at module level.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -161,7 +162,8 @@ def resolve_gin_file(path: str) -> str:
     """
     if os.path.isfile(path):
         return os.path.abspath(path)
-    packaged = os.path.join(gin_dir(), path)
+    relative = path[len("gin/") :] if path.startswith("gin/") else path  # gin/data/x.gin anywhere
+    packaged = os.path.join(gin_dir(), relative)
     if os.path.isfile(packaged):
         return packaged
     raise InputError(f"--gin_file {path}: no such file (nor under {gin_dir()})")
@@ -188,8 +190,18 @@ def parse_gin(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> 
         _search_paths.add(folder)
     files = [resolve_gin_file(f) for f in gin_files]
     gin.clear_config()
+    # An include is looked up under each search path in turn; gin's package-resource reader
+    # logs an error for every miss before the gin folder finds the file.
+    root = logging.getLogger()
+    root.addFilter(_quiet_include_misses)
     try:
         gin.parse_config_files_and_bindings(files, list(gin_params))
     except (OSError, ValueError, SyntaxError, KeyError, TypeError) as e:
         gin.clear_config()
         raise InputError(f"gin: {e}") from None
+    finally:
+        root.removeFilter(_quiet_include_misses)
+
+
+def _quiet_include_misses(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found:")

@@ -1,44 +1,39 @@
-"""Gin bindings for the model and the run, and the dry run (the only gin-aware library module).
+"""The gin factories: what gin files bind for the representation, the model and the run.
 
 The factories here are what gin files bind; the library underneath (`dct_gen.model`,
 `dct_gen.representation`) takes plain keyword arguments and knows nothing of gin. Keras layers
 are never gin-configurable (that breaks Keras); gin builds plain config objects and
-`build_model` turns them into a model.
+`build_model` turns them into a model. Parsing gin files is `dct_gen.cli.parse_gin`'s job.
 
 - `dct_config`: the representation (block size, quality, resolution, clip, ordering, interval).
-  These define the data on disk, so they are bindings of their own that training checks against
-  the dataset's info.json (`check_dct_config`).
+  A dataset's info.json states the representation its records were written with, and training
+  takes it from there; gin may restate it (gin/data/*.gin do), and `check_dct_config` refuses
+  a restatement that contradicts the dataset.
 - `model_config`: the architecture (paper Table 3), a `dct_gen.model.ModelConfig`.
 - `train_config`: batch size, learning rate, token budget, chunking (a `TrainConfig`).
 
-Gin files live in the repository's `gin/` folder, which is on gin's search path, so files
-include each other as `include 'models/lsun.gin'`.
+Importing this module imports neither TensorFlow nor Keras (the Beam dataset job parses the
+same gin files); `dct_gen.model` is imported inside the functions that build a ModelConfig.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import gin
 
-from dct_gen import model as model_lib
+from dct_gen.errors import InputError
 from dct_gen.representation import DCTConfig
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
-# gin/ is searched first: includes are relative to it, and a miss on another prefix logs an
-# error (gin's resource reader) even when a later prefix finds the file.
-_prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
-if _prefixes is None:  # another gin version: the public call (appends; may log misses)
-    gin.add_config_file_search_path(GIN_DIR)
-elif GIN_DIR not in _prefixes:
-    _prefixes.insert(0, GIN_DIR)
+# The dct_config fields without a default: a representation bound in gin must give them all.
+REQUIRED_DCT_FIELDS = ("block_size", "quality", "resolution", "clip")
 
 
 def _required(name: str, value):
     if value is None:
-        raise ValueError(f"gin binding {name} is required but not set")
+        raise InputError(f"gin binding {name} is required but not set")
     return value
 
 
@@ -51,8 +46,13 @@ def dct_config(
     ordering: str = "interleaved",
     interval: int = 4,
 ) -> DCTConfig:
-    """The representation the data was written with (checked against info.json)."""
-    return DCTConfig(
+    """The representation bound in gin (training checks it against the data's info.json).
+
+    Raises:
+      InputError: a field without a default is not bound, or the values are not a valid
+        representation (the message names the field).
+    """
+    fields = dict(
         block_size=_required("dct_config.block_size", block_size),
         quality=_required("dct_config.quality", quality),
         resolution=_required("dct_config.resolution", resolution),
@@ -60,27 +60,80 @@ def dct_config(
         ordering=ordering,
         interval=interval,
     )
+    try:
+        return DCTConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"dct_config: {e}") from e
 
 
-def check_dct_config(bound: DCTConfig, from_info: DCTConfig) -> None:
-    """Refuses a gin representation that contradicts the dataset's; the error names the keys."""
+def bound_dct_fields() -> dict[str, Any]:
+    """The dct_config fields the parsed gin configuration binds, with their values ({}: none)."""
+    return dict(gin.get_bindings("dct_config"))
+
+
+def check_dct_config(
+    bound: DCTConfig | Mapping[str, Any],
+    from_info: DCTConfig,
+    where: str = "info.json",
+    source: str = " in gin",
+) -> None:
+    """Refuses a representation that contradicts the dataset's.
+
+    Args:
+      bound: a whole DCTConfig, or only the fields that were stated (`bound_dct_fields()`).
+      from_info: the dataset's representation (`records.representation_from_info`).
+      where: the info.json path, for the message.
+      source: where `bound` comes from, for the message (" in gin"; "" for a caller's config).
+
+    Raises:
+      InputError: a field differs; the message names each such field and both values, e.g.
+        `dct_config.resolution = 64 in gin, but DATA_DIR/info.json says 32`.
+    """
+    stated = bound.to_dict() if isinstance(bound, DCTConfig) else dict(bound)
+    wanted = from_info.to_dict()
+    unknown = sorted(set(stated) - set(wanted))
+    if unknown:
+        raise InputError(f"unknown dct_config fields {unknown}; known: {sorted(wanted)}")
     diff = [
-        f"dct_config.{k}: gin {v!r} != info.json {from_info.to_dict()[k]!r}"
-        for k, v in bound.to_dict().items()
-        if from_info.to_dict()[k] != v
+        f"dct_config.{k} = {v!r}{source}, but {where} says {wanted[k]!r}"
+        for k, v in sorted(stated.items())
+        if wanted[k] != v
     ]
     if diff:
-        raise ValueError("gin contradicts the dataset's info.json: " + "; ".join(diff))
+        raise InputError("; ".join(diff))
+
+
+def dct_config_for_data(from_info: DCTConfig, where: str = "info.json") -> DCTConfig:
+    """The representation to train with: the dataset's, after checking every dct_config field
+    gin binds against it (gin may bind all, some or none of them).
+
+    Raises:
+      InputError: a bound field contradicts the dataset (the message names it and both values).
+    """
+    check_dct_config(bound_dct_fields(), from_info, where)
+    return from_info
 
 
 @gin.configurable("model_config")
-def model_config(dct: DCTConfig | None = None, **kwargs) -> model_lib.ModelConfig:
-    """The architecture; `dct` defaults to `dct_config()`. Keys: the fields of ModelConfig."""
+def model_config(dct: DCTConfig | None = None, **kwargs):
+    """The architecture, a `dct_gen.model.ModelConfig`; `dct` defaults to `dct_config()`.
+
+    Keys: the fields of ModelConfig.
+
+    Raises:
+      InputError: an unknown key, or a representation field that is needed and not bound.
+    """
+    from dct_gen import model as model_lib
+
     fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)} - {"dct"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise ValueError(f"unknown model_config keys {unknown}; known: {sorted(fields)}")
-    return model_lib.ModelConfig(dct=dct or dct_config(), **kwargs)
+        raise InputError(f"unknown model_config keys {unknown}; known: {sorted(fields)}")
+    dct = dct or dct_config()
+    try:
+        return model_lib.ModelConfig(dct=dct, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"model_config: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,46 +174,58 @@ def train_config(
     mixed_precision: bool = True,
     grad_clip_norm: float = 1.0,
 ) -> TrainConfig:
-    return TrainConfig(
-        batch_size=int(_required("train_config.batch_size", batch_size)),
-        learning_rate=float(_required("train_config.learning_rate", learning_rate)),
-        tokens=int(_required("train_config.tokens", tokens)),
-        warmup_steps=int(warmup_steps),
-        chunk_size=int(chunk_size),
-        overlap=int(overlap),
-        target_part=target_part,
-        mixed_precision=bool(mixed_precision),
-        grad_clip_norm=float(grad_clip_norm),
+    """The run's hyperparameters; batch_size, learning_rate and tokens must be bound.
+
+    Raises:
+      InputError: one of those is not bound, or a value is not a number.
+    """
+    values = dict(
+        batch_size=(int, _required("train_config.batch_size", batch_size)),
+        learning_rate=(float, _required("train_config.learning_rate", learning_rate)),
+        tokens=(int, _required("train_config.tokens", tokens)),
+        warmup_steps=(int, warmup_steps),
+        chunk_size=(int, chunk_size),
+        overlap=(int, overlap),
+        mixed_precision=(bool, mixed_precision),
+        grad_clip_norm=(float, grad_clip_norm),
     )
+    converted = {}
+    for name, (kind, value) in values.items():
+        try:
+            converted[name] = kind(value)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"train_config.{name} = {value!r}: not {kind.__name__} ({e})") from e
+    return TrainConfig(target_part=target_part, **converted)
 
 
-def resolve_gin_file(path: str) -> str:
-    """An existing path as given, else the path relative to gin/ (e.g. 'experiments/tiny.gin')."""
-    if os.path.exists(path):
-        return os.path.abspath(path)
-    if os.path.exists(os.path.join(GIN_DIR, path)):
-        return os.path.join(GIN_DIR, path)
-    raise FileNotFoundError(f"gin file {path!r} not found (nor under {GIN_DIR})")
+def dry_run(config=None) -> dict:
+    """Builds a model without reading data.
 
-
-def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> None:
-    """Clears gin and parses files (paths, or relative to gin/) and bindings."""
-    gin.clear_config()
-    files = [resolve_gin_file(f) for f in gin_files]
-    gin.parse_config_files_and_bindings(files, list(gin_params))
-
-
-def dry_run(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> dict:
-    """Builds the model from gin without reading data.
+    Args:
+      config: a `dct_gen.model.ModelConfig`; None: `model_config()` of the parsed gin
+        configuration, whose representation must then be bound in gin (no info.json is read).
 
     Returns:
       {"parameters": trainable and non-trainable weights of the built model,
        "flops_per_token": training FLOPs per target token (`dct_gen.model.flops_per_token`)}.
+
+    Raises:
+      InputError: gin binds no complete representation, or an unknown model_config key.
     """
     import keras
 
-    parse(gin_files, gin_params)
-    config = model_config()
+    from dct_gen import model as model_lib
+
+    if config is None:
+        bound = bound_dct_fields()
+        missing = [f"dct_config.{f}" for f in REQUIRED_DCT_FIELDS if f not in bound]
+        if missing and "dct" not in gin.get_bindings("model_config"):
+            raise InputError(
+                "a dry run reads no dataset, so gin must bind the representation, but "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not bound "
+                "(include a gin/data/*.gin file)"
+            )
+        config = model_config()
     keras.backend.clear_session()
     model = model_lib.build_model(config)
     result = {

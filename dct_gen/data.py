@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from dct_gen import dct_ops, records
+from dct_gen.errors import InputError
 from dct_gen.representation import DCTConfig
 
 MODES = ("train", "eval")
@@ -89,7 +90,7 @@ def find_corrupt_shards(paths: list[str]) -> list[tuple[str, str]]:
     return bad
 
 
-class ShardReadError(IOError):
+class ShardReadError(InputError, IOError):
     """A shard could not be read; the message names it."""
 
 
@@ -159,8 +160,14 @@ def _target_base(seq: dict, cfg: DCTConfig, target_part: str):
     return tf.reduce_sum(tf.cast(is_luma, tf.int32))
 
 
-def _example(seq: dict, start, chunk_index, num_chunks, cfg: DCTConfig, chunk_size, overlap):
-    """Cuts the window for the chunk beginning at `start` and builds the input DCT image."""
+def chunk_example(seq: dict, start, chunk_index, num_chunks, cfg: DCTConfig, chunk_size, overlap):
+    """One example (the module docstring's dict) of a sequence: the window of the chunk that
+    begins at `start`, and the input DCT image of everything before it.
+
+    seq holds a whole sequence, stop token included: channels, positions, values (L,) int32,
+    and height, width, label, sequence_index scalars. Works on tensors, inside tf.data or any
+    graph (the SavedModel's log_prob scores a sequence chunk by chunk with it).
+    """
     length = tf.size(seq["channels"])
     window = chunk_size + overlap
     first = tf.maximum(start - overlap, 0)
@@ -323,7 +330,7 @@ def make_dataset(
         chunk_seed = seeds(index)[1]
         chunk = tf.random.stateless_categorical(logits[None], 1, chunk_seed, dtype=tf.int32)[0, 0]
         start = base + chunk * chunk_size
-        example = _example(seq, start, chunk, num_chunks, cfg, chunk_size, overlap)
+        example = chunk_example(seq, start, chunk, num_chunks, cfg, chunk_size, overlap)
         return _static(example, cfg, window)
 
     ds = ds.map(keep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -339,7 +346,7 @@ def _all_chunks(seq: dict, cfg: DCTConfig, chunk_size: int, overlap: int, target
     num_chunks = (length - base + chunk_size - 1) // chunk_size
     chunks = tf.data.Dataset.range(tf.cast(num_chunks, tf.int64))
     return chunks.map(
-        lambda k: _example(
+        lambda k: chunk_example(
             seq,
             base + tf.cast(k, tf.int32) * chunk_size,
             k,

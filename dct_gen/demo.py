@@ -98,9 +98,9 @@ def _dirs(out_dir: str) -> dict[str, str]:
 def _configs(params: Sequence[str] = ()):
     import gin
 
-    from dct_gen import configs
+    from dct_gen import cli, configs
 
-    configs.parse([GIN], list(params))
+    cli.parse_gin([GIN], list(params))
     try:
         return configs.dct_config(), configs.model_config(), configs.train_config()
     finally:
@@ -112,7 +112,7 @@ LUMA_FIRST = ("dct_config.ordering = 'luma_first'", "train_config.target_part = 
 
 def step_data(out_dir: str) -> list[str]:
     """Beam: crops of eight photos for training, two whole photos held out; both orderings."""
-    from beam_jobs.build_dataset import run_pipeline
+    from beam_jobs.pipeline import run_pipeline
 
     d = _dirs(out_dir)
     all_paths = photos.color_photo_paths()
@@ -141,11 +141,11 @@ def step_data(out_dir: str) -> list[str]:
 
 
 def _train(out_dir: str, key: str, data_key: str, params, steps: int, **kwargs) -> list[str]:
-    from dct_gen import train
+    from dct_gen import training
 
     d = _dirs(out_dir)
     dct, model_config, train_config = _configs(params)
-    result = train.train(
+    result = training.train(
         model_config=model_config,
         dct_config=dct,
         train_config=train_config,
@@ -179,16 +179,16 @@ def step_evaluate(out_dir: str) -> list[str]:
 
     import tensorflow as tf
 
-    from dct_gen import jpeg_baseline, records, run_dir, train
+    from dct_gen import jpeg_baseline, records, run_dir, training
 
     d = _dirs(out_dir)
     run = run_dir.load_run(d["run"], mixed_precision=False, log=lambda _: None)
     model, model_config, step = run.model, run.model_config, run.step
     strategy = tf.distribute.get_strategy()
     ours = dict(
-        train.evaluate(
+        training.evaluate(
             strategy,
-            train.make_eval_step(strategy, model, model_config.dct),
+            training.make_eval_step(strategy, model, model_config.dct),
             data_dir=d["data"],
             split="test",
             batch_size=8,

@@ -16,7 +16,7 @@ when needed):
   identical to ours). Pillow forces baseline tables (steps capped at 255), so below quality
   about 25 its coefficients are finer than the codec's.
 - `summarize(results)` averages over images both ways: the mean of per-image bits per subpixel
-  (as `dct_gen.train.evaluate` averages sequences) and summed bits over summed subpixels.
+  (as `dct_gen.training.evaluate` averages sequences) and summed bits over summed subpixels.
 
 What is counted (each figure in bits, and per subpixel: bits / (3 * height * width) of the
 resized image, as everywhere in the project):
@@ -402,7 +402,7 @@ def summarize(results: list[dict]) -> dict:
 
     Returns {"images", "subpixels", every KEYS total in bits (and EXTRA_KEYS when every result
     has them), and for each per-subpixel figure two averages: `<name>_bits_per_subpixel` the
-    mean over images of the per-image figure (the way `dct_gen.train.evaluate` averages
+    mean over images of the per-image figure (the way `dct_gen.training.evaluate` averages
     sequences) and `<name>_bits_per_subpixel_pooled`, summed bits over summed subpixels}. The
     two agree when every image has the same size.
     """

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from dct_gen.errors import InputError
+
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -34,11 +36,11 @@ RUN_CONFIG_FILE = "config.json"
 FREE_MODEL_FIELDS = ("dropout", "structural_mask")
 
 
-class RunDirectoryError(FileNotFoundError):
+class RunDirectoryError(InputError, FileNotFoundError):
     """model_dir is not a trained run: missing, no config.json, or no checkpoint."""
 
 
-class NoValidCheckpointError(RuntimeError):
+class NoValidCheckpointError(InputError, RuntimeError):
     """Checkpoints exist in model_dir but none can be restored."""
 
 
@@ -63,7 +65,7 @@ def read_json(path: str, default: Any = None) -> Any:
     """The JSON value in path; `default` when the file does not exist.
 
     Raises:
-      ValueError: the file is not valid JSON (the message names the file).
+      InputError: the file is not valid JSON (the message names the file).
     """
     import tensorflow as tf
 
@@ -73,7 +75,7 @@ def read_json(path: str, default: Any = None) -> Any:
         with tf.io.gfile.GFile(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
 def truncate_jsonl(path: str, after_step: int) -> None:
@@ -208,7 +210,7 @@ def save_run_config(model_dir: str, model_config, train_config) -> None:
     run that has checkpoints.
 
     Raises:
-      ValueError: model_dir holds checkpoints of another architecture (the message names the
+      InputError: model_dir holds checkpoints of another architecture (the message names the
         changed fields).
     """
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
@@ -228,7 +230,7 @@ def save_run_config(model_dir: str, model_config, train_config) -> None:
             details = ", ".join(
                 f"{k}: {old.get(k)} -> {new['model_config'].get(k)}" for k in changed
             )
-            raise ValueError(
+            raise InputError(
                 f"{model_dir} holds checkpoints of another model ({path}: {details}); train it "
                 "in a new --model_dir, or move the old run away"
             )
@@ -240,7 +242,7 @@ def read_run_config(model_dir: str):
 
     Raises:
       RunDirectoryError: model_dir or its config.json does not exist.
-      ValueError: config.json is not a valid run configuration (the message names the file).
+      InputError: config.json is not a valid run configuration (the message names the file).
     """
     from dct_gen import configs
     from dct_gen import model as model_lib
@@ -260,7 +262,7 @@ def read_run_config(model_dir: str):
         mc["dct"] = DCTConfig.from_dict(mc["dct"])
         return model_lib.ModelConfig(**mc), configs.TrainConfig(**raw["train_config"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid run configuration ({e})") from e
+        raise InputError(f"{path}: not a valid run configuration ({e})") from e
 
 
 # ----------------------------------------------------------------------------------------------

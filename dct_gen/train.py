@@ -1,106 +1,162 @@
-"""The training run: `python -m dct_gen.train --gin_file F --data_dir D --model_dir M`.
+"""Trains a DCTransformer on a dataset of beam_jobs.build_dataset.
 
-`train(...)` is the loop, plain Python with keyword arguments; `main` parses flags and gin, writes
-the operative gin config to the run directory and calls it. The loop reads in sections: setup
-(strategy, precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
+usage: python -m dct_gen.train --gin_file experiments/NAME.gin --data_dir DATA --model_dir RUN
+       python -m dct_gen.train --gin_file experiments/NAME.gin --dry_run
 
-- Strategy (`make_strategy`): TPUStrategy with --tpu, MultiWorkerMirroredStrategy when TF_CONFIG
-  names more than one task, MirroredStrategy over the local GPUs, else the default strategy.
-  The global batch (train_config.batch_size) is split across replicas.
-- Optimisation: Adam; learning rate linear from 0 over warmup_steps, then cosine to 0 at the
-  last step; gradients clipped to a global norm. The run's length is train_config.tokens
-  target elements (elements that carry loss), converted to steps as
-  ceil(tokens / (batch_size * chunk_size)); --max_steps overrides it.
-- Checkpoints (model_dir/checkpoints): model, optimizer, step, tokens seen, the dropout seed
-  state and the input iterator (the data stream resumes exactly), every checkpoint_every
-  steps, at the end and at SIGTERM. A run resumes from its model_dir by itself; a checkpoint
-  that fails to restore is reported and the next older one is tried; when checkpoints exist
-  and none restores the run stops rather than start again from step 0.
-- Logs: model_dir/metrics.jsonl (one JSON line per log step), TensorBoard events under
-  model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per evaluation), a
-  console line per log step with an ETA.
-- A NaN or infinite loss stops the run (`NonFiniteLossError`) before anything is saved.
+The representation (block size, quality, resolution, clip, ordering) is the dataset's, read
+from DATA/info.json; gin may restate it (the experiment files include gin/data/*.gin), and a
+binding that contradicts the dataset stops the command with an error naming the field. The
+run resumes from RUN by itself; SIGTERM saves a checkpoint and exits with status 143.
+`--dry_run` builds the model without data (gin must then bind the representation) and prints
+{"parameters", "flops_per_token"} as one JSON line. The loop is `dct_gen.training.train`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from dct_gen import run_dir
-from dct_gen.training import *  # noqa: F403 (being split)
+from dct_gen import cli
+from dct_gen.errors import InputError, UsageError
 
-FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin config files (paths, or relative to gin/).")
-flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'model_config.dropout = 0.0'.")
-flags.DEFINE_bool("dry_run", False, "Build the model, print parameters and FLOPs, exit.")
-flags.DEFINE_string("data_dir", None, "Dataset directory written by beam_jobs.build_dataset.")
-flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, logs; resumed from.")
-flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides the token budget).")
-flags.DEFINE_string("train_split", "train", "Split to train on.")
-flags.DEFINE_string("eval_split", None, "Held-out split to evaluate (none: no evaluation).")
-flags.DEFINE_integer("eval_every", 1000, "Evaluate every N steps (and at the end).")
-flags.DEFINE_integer("eval_batches", None, "Evaluate at most N batches (default: the whole split).")
-flags.DEFINE_integer("log_every", 50, "Log metrics every N steps.")
-flags.DEFINE_integer(
-    "sample_every", 0, "Log sample grids and heatmaps to TensorBoard every N steps (0: never)."
+FLAGS = cli.flag_values()
+flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config files (paths, or relative to gin/).", flag_values=FLAGS
 )
-flags.DEFINE_integer("num_tb_samples", 4, "Samples per TensorBoard grid.")
-flags.DEFINE_integer(
-    "sample_max_chunks", None, "Chunk limit of the TensorBoard samples (default: none)."
+flags.DEFINE_multi_string(
+    "gin_param", [], "Gin bindings, e.g. 'model_config.dropout = 0.0'.", flag_values=FLAGS
 )
-flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps.")
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
-flags.DEFINE_integer("seed", 0, "Seed of the initialisation, dropout and the input pipeline.")
-flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (slower).")
-flags.DEFINE_string("tpu", None, "Cloud TPU name or address: train with TPUStrategy.")
+flags.DEFINE_bool(
+    "dry_run", False, "Build the model, print parameters and FLOPs, exit.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "data_dir", None, "Dataset directory written by beam_jobs.build_dataset.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "model_dir", None, "Run directory: checkpoints, logs; resumed from.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_steps",
+    None,
+    "Stop after this many steps (overrides the token budget).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("train_split", "train", "Split to train on.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "eval_split", None, "Held-out split to evaluate (none: no evaluation).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "eval_every", 1000, "Evaluate every N steps (and at the end).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "eval_batches",
+    None,
+    "Evaluate at most N batches (default: the whole split).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("log_every", 50, "Log metrics every N steps.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "sample_every",
+    0,
+    "Log sample grids and heatmaps to TensorBoard every N steps (0: never).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("num_tb_samples", 4, "Samples per TensorBoard grid.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "sample_max_chunks",
+    None,
+    "Chunk limit of the TensorBoard samples (default: none).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "checkpoint_every", 1000, "Save a checkpoint every N steps.", flag_values=FLAGS
+)
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "seed", 0, "Seed of the initialisation, dropout and the input pipeline.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "deterministic", False, "Enable TensorFlow op determinism (slower).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "tpu", None, "Cloud TPU name or address: train with TPUStrategy.", flag_values=FLAGS
+)
 flags.DEFINE_float(
-    "peak_flops", None, "Device peak FLOP/s per replica for MFU (default: measured)."
+    "peak_flops",
+    None,
+    "Device peak FLOP/s per replica for MFU (default: measured).",
+    flag_values=FLAGS,
+)
+
+# Flags that must be at least 1 (None, where allowed, means "not given").
+_POSITIVE = (
+    "max_steps",
+    "eval_every",
+    "eval_batches",
+    "log_every",
+    "num_tb_samples",
+    "sample_max_chunks",
+    "checkpoint_every",
+    "keep_checkpoints",
 )
 
 
-# ----------------------------------------------------------------------------------------------
-# Entry point.
+def _check_flag_values() -> None:
+    """Raises UsageError naming the first flag whose value is out of range."""
+    for name in _POSITIVE:
+        value = FLAGS[name].value
+        if value is not None and value < 1:
+            raise UsageError(f"--{name}={value}: must be positive")
+    if FLAGS.sample_every < 0:
+        raise UsageError(f"--sample_every={FLAGS.sample_every}: must be >= 0 (0: never)")
+    if FLAGS.peak_flops is not None and not FLAGS.peak_flops > 0:
+        raise UsageError(f"--peak_flops={FLAGS.peak_flops}: must be positive")
 
 
-def _write_operative_config(model_dir: str) -> None:
-    import gin
+def _check_data_dir(path: str) -> None:
+    """Raises InputError naming --data_dir when the dataset directory does not exist."""
+    if "://" not in path:
+        cli.existing_dir("data_dir", path, "dataset directory")
+        return
+    import tensorflow as tf  # gs:// and other remote file systems
 
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
-        f.write(gin.operative_config_str())
+    if not tf.io.gfile.isdir(path):
+        raise InputError(f"--data_dir={path}: no such dataset directory")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.gin_file:
-        raise app.UsageError("--gin_file is required")
+def _dry_run() -> int:
     from dct_gen import configs
 
+    cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    print(json.dumps(configs.dry_run()), flush=True)
+    return 0
+
+
+def _main(args: list[str]) -> int:
+    cli.no_positional(args)
+    cli.require(FLAGS, "gin_file")
+    _check_flag_values()
     if FLAGS.dry_run:
-        print(json.dumps(configs.dry_run(FLAGS.gin_file, FLAGS.gin_param)), flush=True)
-        return
-    for name in ("data_dir", "model_dir"):
-        if not getattr(FLAGS, name):
-            raise app.UsageError(f"--{name} is required (unless --dry_run)")
-    if FLAGS.max_steps is not None and FLAGS.max_steps < 1:
-        raise app.UsageError(f"--max_steps={FLAGS.max_steps}: must be positive")
-    configs.parse(FLAGS.gin_file, FLAGS.gin_param)
-    dct, model_config, train_config = (
-        configs.dct_config(),
-        configs.model_config(),
-        configs.train_config(),
-    )
-    _write_operative_config(FLAGS.model_dir)
+        return _dry_run()
+    cli.require(FLAGS, "data_dir", "model_dir", unless="dry_run")
+    _check_data_dir(FLAGS.data_dir)
+
+    import gin
+
+    from dct_gen import configs, data, records, training
+
+    cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    info_path = records.join(FLAGS.data_dir, records.INFO_FILENAME)
+    # The dataset states the representation; gin's dct_config bindings, if any, must agree.
+    dct = configs.dct_config_for_data(training.read_representation(FLAGS.data_dir), info_path)
+    model_config = configs.model_config(dct=dct)
+    train_config = configs.train_config()
     try:
-        result = train(
+        result = training.train(
             model_config=model_config,
-            dct_config=dct,
             train_config=train_config,
             data_dir=FLAGS.data_dir,
             model_dir=FLAGS.model_dir,
@@ -119,12 +175,21 @@ def main(argv):
             deterministic=FLAGS.deterministic,
             tpu=FLAGS.tpu,
             peak_flops=FLAGS.peak_flops,
+            operative_config=gin.operative_config_str(),
         )
-    except (NonFiniteLossError, run_dir.NoValidCheckpointError) as e:
-        sys.exit(f"dct_gen.train: {type(e).__name__}: {e}")
+    except data.ShardReadError as e:  # a damaged shard of the dataset: the message names it
+        if isinstance(e, InputError):
+            raise
+        raise InputError(str(e)) from e
     if result.stopped == "sigterm":
-        sys.exit(128 + signal.SIGTERM)
+        return 128 + signal.SIGTERM
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command with argv (without the program name; None: sys.argv[1:])."""
+    return cli.run(_main, FLAGS, argv, prog="dct_gen.train", doc=__doc__)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

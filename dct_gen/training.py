@@ -1,25 +1,33 @@
-"""The training run: `python -m dct_gen.train --gin_file F --data_dir D --model_dir M`.
+"""The training library: trains a DCTransformer on a dataset into a run directory.
 
-`train(...)` is the loop, plain Python with keyword arguments; `main` parses flags and gin, writes
-the operative gin config to the run directory and calls it. The loop reads in sections: setup
-(strategy, precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
+`train(...)` is the loop, plain Python with keyword arguments (no flags, no gin; the command
+line is `dct_gen.train`). It reads in sections: setup (configs against the data, strategy,
+precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
 
-- Strategy (`make_strategy`): TPUStrategy with --tpu, MultiWorkerMirroredStrategy when TF_CONFIG
-  names more than one task, MirroredStrategy over the local GPUs, else the default strategy.
-  The global batch (train_config.batch_size) is split across replicas.
+- Representation: the dataset's info.json states it (`read_representation`); the model's must
+  equal it, and a contradiction is an `InputError` naming the field and both values.
+- Strategy (`make_strategy`): TPUStrategy with a TPU name, MultiWorkerMirroredStrategy when
+  TF_CONFIG names more than one task, MirroredStrategy over the local GPUs, else the default
+  strategy. The global batch (train_config.batch_size) is split across replicas.
 - Optimisation: Adam; learning rate linear from 0 over warmup_steps, then cosine to 0 at the
-  last step; gradients clipped to a global norm. The run's length is train_config.tokens
-  target elements (elements that carry loss), converted to steps as
-  ceil(tokens / (batch_size * chunk_size)); --max_steps overrides it.
+  last step (`make_learning_rate`); gradients clipped to a global norm. The run's length is
+  train_config.tokens target elements (elements that carry loss), converted to steps as
+  ceil(tokens / (batch_size * chunk_size)) (`steps_for_tokens`); max_steps overrides it.
 - Checkpoints (model_dir/checkpoints): model, optimizer, step, tokens seen, the dropout seed
   state and the input iterator (the data stream resumes exactly), every checkpoint_every
   steps, at the end and at SIGTERM. A run resumes from its model_dir by itself; a checkpoint
   that fails to restore is reported and the next older one is tried; when checkpoints exist
-  and none restores the run stops rather than start again from step 0.
+  and none restores the run stops (`UnrestorableCheckpointsError`) rather than start again
+  from step 0.
 - Logs: model_dir/metrics.jsonl (one JSON line per log step), TensorBoard events under
-  model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per evaluation), a
-  console line per log step with an ETA.
+  model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per held-out
+  evaluation, `evaluate`), a console line per log step with an ETA. Every run-directory name
+  comes from `dct_gen.run_dir`.
 - A NaN or infinite loss stops the run (`NonFiniteLossError`) before anything is saved.
+
+Errors a user causes (a config that contradicts the data, another architecture in the run
+directory, a missing dataset or split, checkpoints none of which restores, a non-finite loss)
+are `dct_gen.errors.InputError`s whose message names the field or file.
 """
 
 from __future__ import annotations
@@ -36,12 +44,58 @@ import time
 from collections.abc import Callable, Iterator
 
 from dct_gen import run_dir
+from dct_gen.errors import InputError, UserError
 
 COMPONENTS = ("channel", "position", "value")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run stops without saving."""
+class NonFiniteLossError(InputError, FloatingPointError):
+    """The loss became NaN or infinite; the run stops without saving (the learning rate or the
+    data is at fault, so the command line reports it as one line and exits 1)."""
+
+
+class UnrestorableCheckpointsError(run_dir.NoValidCheckpointError, InputError):
+    """Checkpoints exist in the run directory but none restores: the run refuses to start
+    again from step 0. A `run_dir.NoValidCheckpointError` that is also an `InputError`."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset.
+
+
+def read_representation(data_dir: str):
+    """The representation (a DCTConfig) of a dataset, from its info.json.
+
+    Raises:
+      InputError: info.json is missing or not a dataset description (the message names it).
+    """
+    from dct_gen import records
+
+    path = records.join(data_dir, records.INFO_FILENAME)
+    try:
+        return records.representation_from_info(records.read_info(data_dir))
+    except FileNotFoundError as e:
+        raise InputError(
+            f"{path} does not exist: {data_dir} is not a dataset directory of "
+            "beam_jobs.build_dataset"
+        ) from e
+    except ValueError as e:  # a bad format version, a missing field, not JSON
+        message = str(e)
+        raise InputError(message if path in message else f"{path}: {message}") from e
+
+
+def check_split(data_dir: str, split: str) -> list[str]:
+    """The shard paths of a split, checked before any training starts.
+
+    Raises:
+      InputError: the split does not exist or did not finish (the message names the file).
+    """
+    from dct_gen import records
+
+    try:
+        return records.split_files(data_dir, split)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"split {split!r} of {data_dir}: {e}") from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,9 +289,9 @@ def evaluate(
     import numpy as np
     import tensorflow as tf
 
-    from dct_gen import data, records
+    from dct_gen import data
 
-    paths = records.split_files(data_dir, split)
+    paths = check_split(data_dir, split)
     ds = data.make_dataset(
         data_dir,
         split,
@@ -265,7 +319,7 @@ def evaluate(
             sequences[int(out["sequence_index"][i])] += bits
             chunks[int(out["chunk_index"][i])].append(bits)
     if not sequences:
-        raise ValueError(f"split {split!r} of {data_dir} has no sequences to evaluate")
+        raise InputError(f"split {split!r} of {data_dir} has no sequences to evaluate")
     per_sequence = np.stack(list(sequences.values()))  # (sequences, 3)
     yield "sequences", float(len(sequences))
     yield "chunks", float(sum(len(v) for v in chunks.values()))
@@ -321,7 +375,7 @@ class TrainResult:
 def train(
     *,
     model_config,
-    dct_config,
+    dct_config=None,
     train_config,
     data_dir: str,
     model_dir: str,
@@ -342,13 +396,15 @@ def train(
     sample_every: int = 0,
     num_samples: int = 4,
     sample_max_chunks: int | None = None,
+    operative_config: str | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Trains a DCTransformer on data_dir, resuming from model_dir when it holds checkpoints.
 
     Args:
-      model_config: a `dct_gen.model.ModelConfig`; its dct must equal dct_config.
-      dct_config: the representation bound in gin; checked against data_dir's info.json.
+      model_config: a `dct_gen.model.ModelConfig`; its dct must be data_dir's representation.
+      dct_config: the representation, if stated apart from model_config (it must then equal
+        model_config.dct); None: model_config.dct. Checked against data_dir's info.json.
       train_config: a `dct_gen.configs.TrainConfig` (batch, learning rate, tokens, chunking).
       data_dir: a directory written by beam_jobs.build_dataset.
       model_dir: the run directory (checkpoints, metrics.jsonl, eval.jsonl, TensorBoard).
@@ -367,15 +423,21 @@ def train(
         grid and heatmaps to TensorBoard (train/samples, train/heatmaps); 0: never. Runs with
         target_part 'chroma' (colorization) do not sample unconditionally and log none.
       sample_max_chunks: the chunk limit of those samples (None: none).
+      operative_config: text written to model_dir/operative_config.gin (the gin configuration
+        the run was started with, for people) once the run directory has accepted the configs;
+        None: nothing is written.
       log: where console lines go.
 
     Returns:
       A TrainResult.
 
     Raises:
-      NonFiniteLossError: the loss became NaN or infinite (nothing is saved).
-      run_dir.NoValidCheckpointError: checkpoints exist in model_dir but none restores.
-      ValueError: a config contradicts the dataset or another config.
+      InputError: a config contradicts the dataset, another config or the replicas; data_dir
+        is not a dataset or lacks a split; model_dir holds checkpoints of another model.
+      NonFiniteLossError: (an InputError) the loss became NaN or infinite (nothing is saved).
+      UnrestorableCheckpointsError: (an InputError and a run_dir.NoValidCheckpointError)
+        checkpoints exist in model_dir but none restores.
+      ValueError: an argument out of range (log_every < 1, ...).
     """
     # ---- Setup: configs against the data, strategy, precision, seeds.
     import keras
@@ -385,18 +447,22 @@ def train(
     from dct_gen import configs, data, records
     from dct_gen import model as model_lib
 
-    configs.check_dct_config(
-        dct_config, records.representation_from_info(records.read_info(data_dir))
-    )
-    if model_config.dct != dct_config:
-        raise ValueError(f"model_config.dct {model_config.dct} != dct_config {dct_config}")
+    info_path = records.join(data_dir, records.INFO_FILENAME)
+    from_info = read_representation(data_dir)
+    if dct_config is not None and model_config.dct != dct_config:
+        raise InputError(f"model_config.dct {model_config.dct} != dct_config {dct_config}")
+    configs.check_dct_config(model_config.dct, from_info, where=info_path, source="")
     for name in ("chunk_size", "overlap"):
         if getattr(model_config, name) != getattr(train_config, name):
-            raise ValueError(
+            raise InputError(
                 f"model_config.{name}={getattr(model_config, name)} != train_config.{name}="
                 f"{getattr(train_config, name)}: bind both (the gin macros CHUNK_SIZE, OVERLAP)"
             )
-    for name, value in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
+    for name, value in (
+        ("log_every", log_every),
+        ("checkpoint_every", checkpoint_every),
+        ("max_steps", 1 if max_steps is None else max_steps),
+    ):
         if value < 1:
             raise ValueError(f"{name}={value}: must be positive")
     if eval_split is not None and eval_every < 1:
@@ -406,6 +472,9 @@ def train(
             f"sample_every={sample_every}, num_samples={num_samples}: sample_every must be >= 0 "
             "(0: never) and num_samples >= 1"
         )
+    train_paths = check_split(data_dir, train_split)
+    if eval_split is not None:
+        check_split(data_dir, eval_split)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -413,7 +482,7 @@ def train(
     replicas = strategy.num_replicas_in_sync
     batch_size = train_config.batch_size
     if batch_size % replicas:
-        raise ValueError(
+        raise InputError(
             f"train_config.batch_size={batch_size} does not split over {replicas} replicas"
         )
     total_steps = (
@@ -422,7 +491,15 @@ def train(
         else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
     )
     os.makedirs(model_dir, exist_ok=True)
-    run_dir.save_run_config(model_dir, model_config, train_config)
+    try:
+        run_dir.save_run_config(model_dir, model_config, train_config)
+    except ValueError as e:  # another architecture's checkpoints, an unreadable config.json
+        if isinstance(e, UserError):
+            raise
+        raise InputError(str(e)) from e
+    if operative_config is not None:
+        with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
+            f.write(operative_config)
     checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
     compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
     previous_policy = keras.config.dtype_policy()
@@ -445,7 +522,6 @@ def train(
                 input_context=ctx,
             )
 
-        train_paths = records.split_files(data_dir, train_split)
         local_replicas = [
             int(r)
             for r in strategy.experimental_local_results(
@@ -495,7 +571,12 @@ def train(
         flops_per_token = model_lib.flops_per_token(model_config)
 
         # ---- Restore: the newest checkpoint that restores; never a silent restart.
-        resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
+        try:
+            resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
+        except run_dir.NoValidCheckpointError as e:
+            if isinstance(e, UserError):
+                raise
+            raise UnrestorableCheckpointsError(str(e)) from e
         step = int(optimizer.iterations.numpy())
         if resumed_from is None:
             log(f"no checkpoint in {checkpoint_dir}: starting at step 0")
@@ -554,21 +635,20 @@ def train(
 
         def log_samples(at_step: int) -> None:
             """Unconditional samples to TensorBoard: the grid and the heatmaps."""
-            from dct_gen import pictures
-            from dct_gen import sample as sample_lib
+            from dct_gen import pictures, sampling
 
             start = time.perf_counter()
             if not samplers:
-                samplers.append(sample_lib.Sampler(model, model_config))
-            max_chunks = sample_max_chunks or sample_lib.default_max_chunks(model_config)
+                samplers.append(sampling.Sampler(model, model_config))
+            max_chunks = sample_max_chunks or sampling.default_max_chunks(model_config)
             labels = None
             if model_config.num_classes:
                 labels = np.arange(num_samples) % model_config.num_classes
-            samples = sample_lib.sample_batches(
+            samples = sampling.sample_batches(
                 samplers[0],
                 num_samples,
                 labels=labels,
-                options=sample_lib.SampleOptions(max_chunks=max_chunks),
+                options=sampling.SampleOptions(max_chunks=max_chunks),
                 seed=seed + at_step,
             )
             images = [pictures.enlarge(im, 128) for im in samples.images()]

@@ -28,9 +28,10 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from beam_jobs import build_dataset, outputs, transforms
+from beam_jobs import build_dataset, outputs, pipeline, transforms
 from dct_gen import images, photos, records
-from dct_gen.representation import DCTConfig, encode
+from dct_gen.errors import InputError, UsageError
+from dct_gen.representation import ORDERINGS, DCTConfig, encode
 
 IN_PROCESS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 CFG = DCTConfig(block_size=8, quality=75, resolution=128, clip=1200, ordering="interleaved")
@@ -453,7 +454,7 @@ def folder(tmp_path_factory):
 def folder_run(folder, tmp_path_factory):
     root, _, _ = folder
     out = tmp_path_factory.mktemp("out") / "photos"
-    entry = build_dataset.run_pipeline(
+    entry = pipeline.run_pipeline(
         output_dir=str(out),
         cfg=CFG,
         image_glob=str(root / "*" / "*"),
@@ -537,7 +538,7 @@ def test_existing_output_refused_then_overwritten_identically(folder, folder_run
         max_failed_fraction=0.5,
     )
     with pytest.raises(outputs.OutputExistsError, match="--overwrite"):
-        build_dataset.run_pipeline(output_dir=str(out), pipeline_args=IN_PROCESS, **kwargs)
+        pipeline.run_pipeline(output_dir=str(out), pipeline_args=IN_PROCESS, **kwargs)
     # A copy, overwritten while every bundle is replayed once (as a retried bundle would be):
     # the shards come out byte for byte the same, with no duplicate and no leftover.
     copy = tmp_path / "copy"
@@ -545,7 +546,7 @@ def test_existing_output_refused_then_overwritten_identically(folder, folder_run
     (copy / records.shard_name("train", 0, 3)).write_bytes(b"stale")
     stale_extra = copy / records.shard_name("train", 0, 7)
     stale_extra.write_bytes(b"from an older run with 7 shards")
-    build_dataset.run_pipeline(
+    pipeline.run_pipeline(
         output_dir=str(copy),
         overwrite=True,
         pipeline_args=IN_PROCESS + ["--direct_runner_bundle_repeat=1"],
@@ -569,7 +570,7 @@ def test_second_split_merges_and_keeps_labels(folder, folder_run, tmp_path):
     shutil.copy(root / "gray" / "camera.png", val / "gray")
     os.makedirs(val / "color")
     shutil.copy(root / "color" / "chelsea.png", val / "color")
-    val_entry = build_dataset.run_pipeline(
+    val_entry = pipeline.run_pipeline(
         output_dir=str(copy),
         cfg=CFG,
         image_glob=str(val / "*" / "*.png"),
@@ -588,7 +589,7 @@ def test_second_split_merges_and_keeps_labels(folder, folder_run, tmp_path):
     assert (copy / "COMPLETED").read_text() == "train\nvalidation\n"
     # Another representation cannot join the directory.
     with pytest.raises(ValueError, match="one directory holds one representation"):
-        build_dataset.run_pipeline(
+        pipeline.run_pipeline(
             output_dir=str(copy),
             cfg=DCTConfig(block_size=4, resolution=64),
             image_glob=str(val / "*" / "*.png"),
@@ -601,7 +602,7 @@ def test_too_many_failures_fail_the_job_loudly(folder, tmp_path):
     root, _, bad = folder
     out = tmp_path / "out"
     with pytest.raises(outputs.FailedFractionError, match="max_failed_fraction") as e:
-        build_dataset.run_pipeline(
+        pipeline.run_pipeline(
             output_dir=str(out),
             cfg=CFG,
             image_glob=str(root / "*" / "*"),
@@ -649,7 +650,7 @@ def test_tfds_mock_cifar10_labelled(tmp_path):
         num_examples=3, data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES
     )
     with mock:
-        entry = build_dataset.run_pipeline(
+        entry = pipeline.run_pipeline(
             output_dir=str(out),
             cfg=cfg,
             tfds_name="cifar10",
@@ -719,7 +720,7 @@ def test_tfds_prepared_dataset_with_its_own_feature_names(tmp_path):
     with pytest.raises(ValueError, match="--image_key=photo: .* has features"):
         transforms.tfds_features("dct_test_photos", "train", str(data_dir), "photo")
     cfg = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="luma_first")
-    entry = build_dataset.run_pipeline(
+    entry = pipeline.run_pipeline(
         output_dir=str(tmp_path / "out"),
         cfg=cfg,
         tfds_name="dct_test_photos",
@@ -740,7 +741,7 @@ def test_tfds_prepared_dataset_with_its_own_feature_names(tmp_path):
         _assert_same_triples(got[key], encode(ex["picture"], cfg), key)
         assert int(got[key]["label"]) == int(ex["kind"])
     # A subsplit, under a plain output name, beside the first split.
-    half = build_dataset.run_pipeline(
+    half = pipeline.run_pipeline(
         output_dir=str(tmp_path / "out"),
         cfg=cfg,
         tfds_name="dct_test_photos",
@@ -762,7 +763,7 @@ def test_tfds_prepared_dataset_on_worker_processes(tmp_path):
     data_dir = tmp_path / "tfds"
     DctTestPhotos(data_dir=str(data_dir)).download_and_prepare()
     cfg = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="interleaved")
-    entry = build_dataset.run_pipeline(
+    entry = pipeline.run_pipeline(
         output_dir=str(tmp_path / "out"),
         cfg=cfg,
         tfds_name="dct_test_photos",
@@ -783,19 +784,25 @@ def test_tfds_prepared_dataset_on_worker_processes(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The command line.
 
+TINY = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="interleaved")
 
-def test_parse_args_flags_gin_and_pass_through(tmp_path):
-    gin_file = tmp_path / "repr.gin"
-    gin_file.write_text(
-        "build_dataset.block_size = 16\nbuild_dataset.resolution = 256\n"
-        "train.learning_rate = 0.1  # another program's binding: ignored\n"
-    )
+
+def _one_error_line(err: str, *needles: str) -> str:
+    """The single line a user error prints (no traceback), checked to name each needle."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("beam_jobs.build_dataset: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_parse_args_flags_and_pass_through():
     argv = [
         "build_dataset",
         "--image_glob=/data/*/*.jpg",
         "--labels_from_dirs",
         "--output_dir=/tmp/out",
-        f"--gin_file={gin_file}",
         "--quality=90",
         "--num_shards",
         "8",
@@ -804,75 +811,198 @@ def test_parse_args_flags_gin_and_pass_through(tmp_path):
         "--direct_num_workers=2",
     ]
     kwargs, beam_args = build_dataset.parse_args(argv)
-    assert kwargs["cfg"] == DCTConfig(
-        block_size=16, quality=90, resolution=256, clip=1200, ordering="interleaved"
-    )
+    assert kwargs["cfg"] == dataclasses.replace(pipeline.DEFAULT_REPRESENTATION, quality=90)
     assert kwargs["num_shards"] == 8 and kwargs["labels_from_dirs"]
     assert beam_args == ["--runner", "DirectRunner", "--direct_num_workers=2"]
+    assert kwargs["pipeline_args"] == beam_args
+    # The flags' defaults are the library's: the paper's LSUN row.
     defaults, _ = build_dataset.parse_args(["x", "--tfds_name=cifar10", "--output_dir=/o"])
-    assert defaults["cfg"] == build_dataset.DEFAULT_REPRESENTATION
+    assert defaults["cfg"] == pipeline.DEFAULT_REPRESENTATION
     assert defaults["cfg"].resolution == 384 and defaults["max_failed_fraction"] == 0.01
-    with pytest.raises(ValueError, match="--block_size=8 contradicts build_dataset.block_size"):
-        build_dataset.parse_args(argv + ["--block_size=8"])
-    with pytest.raises(ValueError, match="--num_shard \\(did you mean --num_shards\\?\\)"):
-        build_dataset.parse_args(["x", "--output_dir=/o", "--num_shard=4"])
-    with pytest.raises(ValueError, match="'stray'"):
-        build_dataset.parse_args(["x", "--output_dir=/o", "stray"])
-    with pytest.raises(ValueError, match="--labels_from_dirs applies to --image_glob"):
-        build_dataset.parse_args(["x", "--output_dir=/o", "--tfds_name=c", "--labels_from_dirs"])
-    with pytest.raises(ValueError, match="--output_dir is required"):
-        build_dataset.parse_args(["x", "--image_glob=/a/*"])
-    with pytest.raises(ValueError, match="representation flags: block_size=12"):
-        build_dataset.parse_args(["x", "--output_dir=/o", "--block_size=12"])
-    typo = tmp_path / "typo.gin"
-    typo.write_text("build_dataset.blocksize = 8\n")
-    with pytest.raises(ValueError, match="blocksize"):
-        build_dataset.parse_args(["x", "--output_dir=/o", f"--gin_file={typo}"])
-    # A later parse does not see the first file's bindings (block_size 16, resolution 256).
-    quality_only = tmp_path / "quality.gin"
-    quality_only.write_text("build_dataset.quality = 60\n")
-    later, _ = build_dataset.parse_args(
-        ["x", "--output_dir=/o", "--image_glob=/a/*", f"--gin_file={quality_only}"]
+    assert build_dataset.DEFAULT_REPRESENTATION is pipeline.DEFAULT_REPRESENTATION
+    assert build_dataset.run_pipeline is pipeline.run_pipeline  # for scripts from before
+    for args, error, message in [
+        (["--output_dir=/o", "--num_shard=4"], UsageError, r"--num_shard \(did you mean --num_s"),
+        (["--output_dir=/o", "stray"], UsageError, "'stray'"),
+        (["--output_dir=/o", "--tfds_name=c", "--labels_from_dirs"], UsageError, "--image_glob"),
+        (["--image_glob=/a/*"], UsageError, "--output_dir is required"),
+        (["--output_dir=/o", "--tfds_name=c", "--block_size=12"], UsageError, "block_size=12"),
+        (["--output_dir=/o", "--num_shards=x"], UsageError, "--num_shards"),
+    ]:
+        with pytest.raises(error, match=message):
+            build_dataset.parse_args(["x", *args])
+
+
+def test_the_flags_defaults_are_the_libraries():
+    """build_dataset writes these out (so --help loads neither numpy nor Beam)."""
+    assert build_dataset.REPRESENTATION_FIELDS == tuple(
+        f.name for f in dataclasses.fields(DCTConfig)
     )
-    assert later["cfg"] == dataclasses.replace(build_dataset.DEFAULT_REPRESENTATION, quality=60)
-    with pytest.raises(ValueError, match="--gin_file=/nowhere.gin"):
-        build_dataset.parse_args(["x", "--output_dir=/o", "--gin_file=/nowhere.gin"])
+    assert build_dataset.ORDERINGS == ORDERINGS
+    assert build_dataset.DEFAULT_MAX_PIXELS == images.DEFAULT_MAX_PIXELS
+
+
+def _gin(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BASE_ARGS = ["x", "--image_glob=/data/*.jpg", "--output_dir=/o"]
+
+
+def test_gin_gives_the_representation_training_reads(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    # Every form of --gin_file that training accepts; an experiment includes its data file.
+    for gin_file in [
+        "gin/data/tiny.gin",
+        "data/tiny.gin",
+        "experiments/tiny.gin",
+        os.path.join(ROOT, "gin", "data", "tiny.gin"),
+    ]:
+        kwargs, _ = build_dataset.parse_args([*BASE_ARGS, f"--gin_file={gin_file}"])
+        assert kwargs["cfg"] == TINY, gin_file
+    # A flag may repeat a binding, or fill a field the gin leaves unbound.
+    partial = _gin(
+        tmp_path,
+        "partial.gin",
+        "dct_config.block_size = 16\ndct_config.resolution = 256\ndct_config.quality = 60\n"
+        "dct_config.clip = 900\nmodel_config.dropout = 0.0  # training's: parsed, not built\n",
+    )
+    kwargs, _ = build_dataset.parse_args(
+        [*BASE_ARGS, f"--gin_file={partial}", "--quality=60", "--interval=2"]
+    )
+    assert kwargs["cfg"] == DCTConfig(
+        block_size=16, quality=60, resolution=256, clip=900, ordering="interleaved", interval=2
+    )
+    kwargs, _ = build_dataset.parse_args(
+        [*BASE_ARGS, "--gin_file=data/tiny.gin", "--gin_param=dct_config.quality = 90"]
+    )
+    assert kwargs["cfg"] == dataclasses.replace(TINY, quality=90)
+
+
+def test_gin_that_gives_no_representation_or_contradicts_a_flag_is_refused(tmp_path):
+    model_only = _gin(tmp_path, "model.gin", "model_config.hidden_size = 64\n")
+    old = _gin(tmp_path, "old.gin", "build_dataset.resolution = 64\n")
+    no_clip = _gin(
+        tmp_path,
+        "no_clip.gin",
+        "dct_config.block_size = 8\ndct_config.quality = 75\ndct_config.resolution = 64\n",
+    )
+    typo = _gin(tmp_path, "typo.gin", "dct_config.blocksize = 8\n")
+    bad = _gin(tmp_path, "bad.gin", "include 'data/tiny.gin'\ndct_config.block_size = 12\n")
+    tiny = os.path.join(ROOT, "gin", "data", "tiny.gin")
+    for args, error, message in [
+        ([f"--gin_file={model_only}"], InputError, f"--gin_file {model_only}: binds no dct_conf"),
+        ([f"--gin_file={old}"], InputError, "build_dataset.<field> bindings are no longer read"),
+        ([f"--gin_file={no_clip}"], InputError, "not dct_config.clip; bind it, or give --clip"),
+        ([f"--gin_file={typo}"], InputError, "blocksize"),
+        ([f"--gin_file={bad}"], InputError, f"--gin_file {bad}: .*block_size=12"),
+        (["--gin_file=/nowhere.gin"], InputError, "--gin_file /nowhere.gin: no such file"),
+        (
+            [f"--gin_file={tiny}", "--resolution=128"],
+            UsageError,
+            f"--resolution=128 contradicts dct_config.resolution = 64 in --gin_file {tiny}",
+        ),
+    ]:
+        with pytest.raises(error, match=message):
+            build_dataset.parse_args([*BASE_ARGS, *args])
+    # With --clip the file above is complete; and each parse starts from a clear gin (the
+    # bindings of an earlier file do not count for a later one).
+    kwargs, _ = build_dataset.parse_args([*BASE_ARGS, f"--gin_file={no_clip}", "--clip=1200"])
+    assert kwargs["cfg"] == TINY
+    with pytest.raises(InputError, match="binds no dct_config"):
+        build_dataset.parse_args([*BASE_ARGS, f"--gin_file={model_only}"])
+
+
+def test_main_with_training_gin_writes_its_representation(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    crops = photos.write_crops(str(tmp_path / "crops"), 4, seed=3)
+    out = tmp_path / "out"
+    argv = [f"--image_glob={tmp_path}/crops/*.png", f"--output_dir={out}", "--num_shards=2"]
+    code = build_dataset.main([*argv, "--gin_file", "gin/data/tiny.gin", *IN_PROCESS])
+    assert code == 0, capsys.readouterr().err
+    assert "wrote 4 records" in capsys.readouterr().out
+    info = json.loads((out / "info.json").read_text())
+    assert info["representation"]["resolution"] == 64
+    assert DCTConfig.from_dict(info["representation"]) == TINY
+    got = read_split(out)
+    assert sorted(got) == sorted(crops)
+    for path in crops:
+        record = got[path]
+        assert max(int(record["height"]), int(record["width"])) == 64
+        _assert_same_triples(record, encode(photos.load_rgb(path), TINY), path)
+
+
+def test_main_user_errors_are_one_line_with_their_exit_status(tmp_path, capsys):
+    images_glob = f"--image_glob={tmp_path}/crops/*.png"
+    photos.write_crops(str(tmp_path / "crops"), 1, seed=0)
+    model_only = _gin(tmp_path, "model.gin", "model_config.hidden_size = 64\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for argv, code, needles in [
+        ([images_glob], 2, ["--output_dir is required"]),
+        ([f"--output_dir={tmp_path}/o", "--num_shards=2"], 2, ["--image_glob or --tfds_name"]),
+        ([f"--output_dir={tmp_path}/o", "--image_glob=/nowhere/*.png"], 1, ["--image_glob"]),
+        ([f"--output_dir={a_file}", images_glob], 1, ["--output_dir", "not a directory"]),
+        ([f"--output_dir={tmp_path}/o", images_glob, "--gin_file", model_only], 1, [model_only]),
+        ([f"--output_dir={tmp_path}/o", images_glob, "--quality=x"], 2, ["--quality"]),
+    ]:
+        assert build_dataset.main(argv) == code, argv
+        _one_error_line(capsys.readouterr().err, *needles)
+    assert not (tmp_path / "o").exists()  # nothing is written before the inputs are checked
+
+
+def test_help_is_fast_and_loads_no_library():
+    """--help answers from the flags alone: importing the entry module loads neither Beam nor
+    numpy nor TensorFlow, and gin only when --gin_file is given."""
+    code = (
+        "import sys, beam_jobs.build_dataset as b\n"
+        "heavy = ('apache_beam', 'numpy', 'tensorflow', 'keras', 'gin', 'beam_jobs.pipeline')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "assert b.main(['--help']) == 0\n"
+        "assert not [m for m in heavy if m in sys.modules]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--max_failed_fraction" in done.stdout and "--gin_file" in done.stdout
+    assert "docs/datasets.md" in done.stdout and "beam.md" not in done.stdout
 
 
 def test_run_pipeline_argument_errors_name_the_flag(tmp_path):
-    run = lambda **kw: build_dataset.run_pipeline(output_dir=str(tmp_path), **kw)
-    with pytest.raises(ValueError, match="exactly one input"):
+    run = lambda **kw: pipeline.run_pipeline(output_dir=str(tmp_path), **kw)
+    with pytest.raises(UsageError, match="exactly one input"):
         run()
-    with pytest.raises(ValueError, match="exactly one input"):
+    with pytest.raises(UsageError, match="exactly one input"):
         run(image_glob="/a/*", tfds_name="cifar10")
-    with pytest.raises(ValueError, match="matches no file"):
+    with pytest.raises(InputError, match="matches no file"):
         run(image_glob=str(tmp_path / "none" / "*.jpg"))
-    with pytest.raises(ValueError, match="--labels_from_dirs"):
+    with pytest.raises(UsageError, match="--labels_from_dirs"):
         run(tfds_name="cifar10", labels_from_dirs=True)
-    with pytest.raises(ValueError, match="--num_shards=0"):
+    with pytest.raises(UsageError, match="--num_shards=0"):
         run(image_glob="/a/*", num_shards=0)
-    with pytest.raises(ValueError, match="--output_split"):
+    with pytest.raises(UsageError, match="--output_split"):
         run(image_glob="/a/*", split="train[:10%]")
-    with pytest.raises(ValueError, match="--max_failed_fraction=2"):
+    with pytest.raises(UsageError, match="--max_failed_fraction=2"):
         run(image_glob="/a/*", max_failed_fraction=2)
-    with pytest.raises(ValueError, match="apache-beam\\[gcp\\]"):
+    with pytest.raises(InputError, match="apache-beam\\[gcp\\]"):
         run(image_glob="gs://bucket/images/*.jpg")
-    with pytest.raises(ValueError, match="--tfds_name=cifar10: no prepared data"):
+    with pytest.raises(InputError, match="--tfds_name=cifar10: no prepared data"):
         run(tfds_name="cifar10", tfds_data_dir=str(tmp_path / "empty_tfds"))
-
-
-def test_main_reports_errors_without_traceback(tmp_path, capsys):
-    code = build_dataset.main(["build_dataset", "--output_dir", str(tmp_path), "--num_shards=2"])
-    assert code == 1
-    assert "give exactly one input" in capsys.readouterr().err
-    assert build_dataset.main(["build_dataset", "--help"]) == 0
-    assert "--max_failed_fraction" in capsys.readouterr().out
+    with pytest.raises(InputError, match="--tfds_name=no_such_dataset_xyz: .*not found"):
+        run(tfds_name="no_such_dataset_xyz", tfds_data_dir=str(tmp_path / "empty_tfds"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"")
+    with pytest.raises(UsageError, match="--runer"):
+        run(image_glob=str(tmp_path / "in" / "*.png"), pipeline_args=["--runer=DirectRunner"])
 
 
 def test_beam_code_imports_neither_tensorflow_nor_keras():
     """Workers that convert image files stay light: the job's modules pull in no TF or Keras."""
     code = (
-        "import sys, beam_jobs.build_dataset, beam_jobs.transforms, dct_gen.images; "
+        "import sys, beam_jobs.build_dataset, beam_jobs.pipeline, beam_jobs.transforms, "
+        "beam_jobs.outputs, dct_gen.images; "
         "heavy = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') if m in sys.modules]; "
         "print(heavy); sys.exit(bool(heavy))"
     )

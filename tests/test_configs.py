@@ -1,19 +1,25 @@
 """Gin configs: every file parses, every experiment builds in a dry run, the Table 3 values
-are the paper's, and the parameter counts are within 20% of Table 3's."""
+are the paper's, the parameter counts are within 20% of Table 3's, the representation is
+checked against a dataset's, and importing the factories pulls in no TensorFlow."""
 
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import pytest
-from absl import app
 
-from dct_gen import configs, train
+from dct_gen import cli, configs, train
 from dct_gen import model as model_lib
+from dct_gen.errors import InputError
+from dct_gen.representation import DCTConfig
 
-EXPERIMENTS = sorted(glob.glob(os.path.join(configs.GIN_DIR, "experiments", "*.gin")))
-ALL_GIN = sorted(glob.glob(os.path.join(configs.GIN_DIR, "**", "*.gin"), recursive=True))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = cli.gin_dir()
+EXPERIMENTS = sorted(glob.glob(os.path.join(GIN_DIR, "experiments", "*.gin")))
+ALL_GIN = sorted(glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True))
 
 V5 = [(1, 2)] * 5 + [(1, 7)]
 V6 = [(1, 2)] * 6 + [(1, 7)]
@@ -160,15 +166,15 @@ def test_every_paper_experiment_has_a_file():
     assert set(TABLE_3) | {"tiny", "test"} == {name_of(p) for p in EXPERIMENTS}
 
 
-@pytest.mark.parametrize("path", ALL_GIN, ids=lambda p: os.path.relpath(p, configs.GIN_DIR))
+@pytest.mark.parametrize("path", ALL_GIN, ids=lambda p: os.path.relpath(p, GIN_DIR))
 def test_every_gin_file_parses(path):
-    configs.parse([path])
+    cli.parse_gin([path])
 
 
 @pytest.mark.parametrize("name", sorted(TABLE_3))
 def test_table_3_values(name):
     want = TABLE_3[name]
-    configs.parse([f"experiments/{name}.gin"])
+    cli.parse_gin([f"experiments/{name}.gin"])
     dct, model, run = configs.dct_config(), configs.model_config(), configs.train_config()
     assert (dct.resolution, dct.block_size, dct.quality, dct.clip) == (
         want["resolution"],
@@ -193,7 +199,7 @@ def test_table_3_values(name):
 
 @pytest.mark.parametrize("name", sorted(TABLE_3))
 def test_parameter_count_within_20_percent_of_table_3(name):
-    configs.parse([f"experiments/{name}.gin"])
+    cli.parse_gin([f"experiments/{name}.gin"])
     count = model_lib.count_parameters(configs.model_config())
     assert abs(count / TABLE_3[name]["params"] - 1) < 0.2, count
 
@@ -202,8 +208,8 @@ def test_parameter_count_within_20_percent_of_table_3(name):
 def test_dry_run_builds_every_experiment(path):
     """The tiny and test configs build as they are; the paper's at width 32 (building 300-740M
     parameters takes 3-8 s each; the slow test below does it), checked against the count."""
-    params = [] if name_of(path) in ("tiny", "test") else SMALL
-    result = configs.dry_run([path], params)
+    cli.parse_gin([path], [] if name_of(path) in ("tiny", "test") else SMALL)
+    result = configs.dry_run()
     assert set(result) == {"parameters", "flops_per_token"}
     assert result["parameters"] == model_lib.count_parameters(configs.model_config())
     assert result["flops_per_token"] > 0
@@ -212,41 +218,80 @@ def test_dry_run_builds_every_experiment(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TABLE_3))
 def test_dry_run_builds_the_paper_models(name):
-    result = configs.dry_run([f"experiments/{name}.gin"])
+    cli.parse_gin([f"experiments/{name}.gin"])
+    result = configs.dry_run()
     assert result["parameters"] == model_lib.count_parameters(configs.model_config())
     assert abs(result["parameters"] / TABLE_3[name]["params"] - 1) < 0.2
 
 
 def test_train_dry_run_prints_one_json_line(capsys):
-    flags = ["train", "--gin_file=experiments/test.gin", "--gin_param=model_config.dropout = 0.2"]
-    train.FLAGS(flags + ["--dry_run"])
-    try:
-        train.main(["train"])
-        lines = capsys.readouterr().out.strip().splitlines()
-        assert len(lines) == 1
-        assert json.loads(lines[0])["parameters"] > 0
-        assert configs.model_config().dropout == 0.2
-        train.FLAGS(flags + ["--nodry_run"])
-        with pytest.raises(app.UsageError, match="--data_dir is required"):
-            train.main(["train"])
-    finally:
-        train.FLAGS.unparse_flags()
+    args = ["--gin_file=experiments/test.gin", "--gin_param=model_config.dropout = 0.2"]
+    assert train.main(args + ["--dry_run"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    assert set(json.loads(lines[0])) == {"parameters", "flops_per_token"}
+    assert json.loads(lines[0])["parameters"] > 0
+    assert configs.model_config().dropout == 0.2  # the bindings were parsed
+
+
+def test_train_dry_run_without_a_representation_says_so_in_one_line(capsys):
+    status = train.main(["--gin_file=models/test.gin", "--dry_run"])
+    _, err = capsys.readouterr()
+    assert status == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "dct_gen.train: error: a dry run reads no dataset, so gin must bind the "
+        "representation, but dct_config.block_size, dct_config.quality, "
+        "dct_config.resolution, dct_config.clip are not bound (include a gin/data/*.gin file)"
+    ]
 
 
 def test_bad_keys_and_missing_bindings_are_named():
-    with pytest.raises(ValueError, match="bogus"):
-        configs.dry_run(["experiments/test.gin"], ["model_config.bogus = 1"])
-    configs.parse([], ["model_config.hidden_size = 8"])
-    with pytest.raises(ValueError, match="dct_config.block_size"):
+    cli.parse_gin(["experiments/test.gin"], ["model_config.bogus = 1"])
+    with pytest.raises(InputError, match="bogus"):
+        configs.dry_run()
+    cli.parse_gin([], ["model_config.hidden_size = 8"])
+    with pytest.raises(InputError, match="dct_config.block_size"):
         configs.model_config()
-    with pytest.raises(FileNotFoundError, match="nope.gin"):
-        configs.parse(["experiments/nope.gin"])
+    with pytest.raises(InputError, match="train_config.batch_size"):
+        configs.train_config()
+    cli.parse_gin(["experiments/test.gin"], ["dct_config.quality = 500"])
+    with pytest.raises(InputError, match="dct_config: quality=500"):
+        configs.dct_config()
+    with pytest.raises(InputError, match="nope.gin"):
+        cli.parse_gin(["experiments/nope.gin"])
 
 
 def test_check_dct_config_refuses_a_contradiction():
-    configs.parse(["experiments/tiny.gin"])
+    cli.parse_gin(["experiments/tiny.gin"])
     bound = configs.dct_config()
     configs.check_dct_config(bound, bound)
-    other = type(bound)(**{**bound.to_dict(), "quality": 50})
-    with pytest.raises(ValueError, match="dct_config.quality"):
-        configs.check_dct_config(bound, other)
+    other = DCTConfig(**{**bound.to_dict(), "quality": 50})
+    with pytest.raises(InputError) as e:
+        configs.check_dct_config(bound, other, where="D/info.json")
+    assert str(e.value) == f"dct_config.quality = {bound.quality} in gin, but D/info.json says 50"
+
+
+def test_the_representation_is_the_datas_and_gin_may_restate_any_part():
+    data = DCTConfig(block_size=4, quality=75, resolution=32, clip=200)
+    cli.parse_gin(["models/test.gin"])  # no dct_config binding at all
+    assert configs.bound_dct_fields() == {}
+    assert configs.dct_config_for_data(data) == data
+    assert configs.model_config(dct=data).dct == data
+    cli.parse_gin(["models/test.gin"], ["dct_config.resolution = 32"])  # agrees
+    assert configs.dct_config_for_data(data) == data
+    cli.parse_gin(["experiments/test.gin"], ["dct_config.ordering = 'luma_first'"])
+    with pytest.raises(InputError, match="dct_config.ordering = 'luma_first' in gin, but"):
+        configs.dct_config_for_data(data)
+
+
+def test_importing_the_factories_imports_no_tensorflow():
+    """The Beam job parses the same gin files through cli.parse_gin, which imports configs."""
+    code = (
+        "import sys; from dct_gen import cli; cli.parse_gin(['data/test.gin']); "
+        "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.strip() == "[]"

@@ -1,7 +1,8 @@
 """The training run on records the Beam job makes from real photos (the test config): the loss
 goes down and every log is written, a crashed run resumes to the same losses, a damaged newest
-checkpoint falls back to an older one, SIGTERM saves a checkpoint, a NaN loss stops the run, and
-bad flags and config keys are named."""
+checkpoint falls back to an older one, SIGTERM saves a checkpoint, a NaN loss stops the run,
+the representation comes from the dataset's info.json, and the command line names bad flags,
+missing directories and gin bindings that contradict the data in one line."""
 
 import dataclasses
 import glob
@@ -18,56 +19,40 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.build_dataset import run_pipeline
-from dct_gen import configs, photos, run_dir, train
-from dct_gen.representation import DCTConfig
+from dct_gen import run_dir, train, training
+from dct_gen.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN = "experiments/test.gin"
 PEAK = 1e11  # a fixed MFU denominator: tests skip the peak measurement
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Train and validation splits in the test config's representation, from photo crops."""
-    tmp = str(tmp_path_factory.mktemp("train_data"))
-    configs.parse([GIN])
-    cfg = configs.dct_config()
-    gin.clear_config()
-    assert cfg == DCTConfig(block_size=4, quality=75, resolution=32, clip=200)
-    out = os.path.join(tmp, "data")
-    for split, count, seed in (("train", 16, 0), ("validation", 4, 1)):
-        images = os.path.join(tmp, split)
-        photos.write_crops(images, count, seed=seed)
-        run_pipeline(
-            output_dir=out, cfg=cfg, image_glob=f"{images}/*.png", split=split, num_shards=2
+@pytest.fixture
+def run(test_configs, test_data_dir):
+    """run(model_dir, lines=None, **train_kwargs) -> TrainResult: the test config trained on
+    test_data_dir, logging every step."""
+
+    def run_(model_dir, lines=None, **kwargs):
+        args = dict(
+            test_configs(),
+            data_dir=test_data_dir,
+            model_dir=str(model_dir),
+            log_every=1,
+            peak_flops=PEAK,
+            log=(lines.append if lines is not None else lambda _: None),
         )
-    return out
+        args.update(kwargs)
+        return training.train(**args)
+
+    return run_
 
 
-def _configs(*params):
-    configs.parse([GIN], list(params))
-    try:
-        return dict(
-            dct_config=configs.dct_config(),
-            model_config=configs.model_config(),
-            train_config=configs.train_config(),
-        )
-    finally:
-        gin.clear_config()
-
-
-def _run(data_dir, model_dir, lines=None, **kwargs):
-    args = dict(
-        _configs(),
-        data_dir=data_dir,
-        model_dir=str(model_dir),
-        log_every=1,
-        peak_flops=PEAK,
-        log=(lines.append if lines is not None else lambda _: None),
-    )
-    args.update(kwargs)
-    return train.train(**args)
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of the shared trained run, to write into."""
+    copy = str(tmp_path / "run")
+    shutil.copytree(trained_run.model_dir, copy)
+    return copy
 
 
 def _metrics(model_dir):
@@ -75,29 +60,8 @@ def _metrics(model_dir):
         return [json.loads(line) for line in f]
 
 
-@pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-    """30 steps with checkpoints every 10, evaluations at 15 and 30, and TensorBoard samples at
-    30."""
-    model_dir = str(tmp_path_factory.mktemp("run"))
-    lines = []
-    result = _run(
-        data_dir,
-        model_dir,
-        lines,
-        max_steps=30,
-        checkpoint_every=10,
-        eval_split="validation",
-        eval_every=15,
-        sample_every=30,
-        num_samples=2,
-        sample_max_chunks=2,
-    )
-    return model_dir, result, lines
-
-
-def test_loss_goes_down_and_logs_are_written(trained):
-    model_dir, result, lines = trained
+def test_loss_goes_down_and_logs_are_written(trained_run):
+    model_dir, result, lines = trained_run.model_dir, trained_run.result, trained_run.lines
     assert (result.step, result.stopped, result.resumed_from) == (30, "done", None)
     metrics = _metrics(model_dir)
     assert [m["step"] for m in metrics] == list(range(1, 31))
@@ -125,7 +89,7 @@ def test_loss_goes_down_and_logs_are_written(trained):
     assert [e["step"] for e in evals] == [15, 30]
     last = evals[-1]
     assert last["sequences"] == 4 and not last["partial"]
-    parts = sum(last[f"{c}_bits_per_subpixel"] for c in train.COMPONENTS)
+    parts = sum(last[f"{c}_bits_per_subpixel"] for c in training.COMPONENTS)
     assert last["bits_per_subpixel"] == pytest.approx(parts)
     assert "chunk_0/bits_per_subpixel" in last and "chunk_0/value_bits_per_subpixel" in last
     assert evals[1]["bits_per_subpixel"] < evals[0]["bits_per_subpixel"]
@@ -145,38 +109,43 @@ def test_loss_goes_down_and_logs_are_written(trained):
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[-1] == "ckpt-30.index"
 
 
-def test_another_architecture_in_a_run_directory_is_refused(trained, data_dir):
-    model_dir, _, _ = trained
-    copy = model_dir + "_wider"
-    shutil.copytree(model_dir, copy)
-    wider = _configs("model_config.hidden_size = 48")
-    with pytest.raises(ValueError, match="hidden_size: 32 -> 48"):
-        _run(data_dir, copy, max_steps=31, model_config=wider["model_config"])
+def test_another_architecture_in_a_run_directory_is_refused(run, run_copy, test_configs):
+    wider = test_configs("model_config.hidden_size = 48")
+    with pytest.raises(InputError, match="hidden_size: 32 -> 48"):
+        run(run_copy, max_steps=31, model_config=wider["model_config"])
     # The structural mask changes no weight: a resumed run may switch it.
-    unmasked = _configs("model_config.structural_mask = False")
-    result = _run(data_dir, copy, max_steps=31, model_config=unmasked["model_config"])
+    unmasked = test_configs("model_config.structural_mask = False")
+    result = run(run_copy, max_steps=31, model_config=unmasked["model_config"])
     assert (result.resumed_from, result.step) == (30, 31)
-    with open(os.path.join(copy, run_dir.RUN_CONFIG_FILE)) as f:
+    with open(os.path.join(run_copy, run_dir.RUN_CONFIG_FILE)) as f:
         assert json.load(f)["model_config"]["structural_mask"] is False
 
 
-def test_a_finished_run_does_not_train_again(trained, data_dir):
-    model_dir, _, _ = trained
-    copy = model_dir + "_done"
-    shutil.copytree(model_dir, copy)
-    result = _run(data_dir, copy, max_steps=30)
+def test_a_finished_run_does_not_train_again(run, run_copy):
+    result = run(run_copy, max_steps=30)
     assert (result.stopped, result.step) == ("already_done", 30)
+
+
+def test_a_config_that_contradicts_the_data_is_refused_before_anything_is_written(
+    run, test_configs, tmp_path
+):
+    other = test_configs("dct_config.quality = 50")
+    with pytest.raises(InputError, match=r"dct_config.quality = 50, but .*info.json says 75"):
+        run(tmp_path / "run", **other)
+    with pytest.raises(InputError, match="split 'nope'"):
+        run(tmp_path / "run", eval_split="nope")
+    assert not os.path.exists(tmp_path / "run")
 
 
 class Crash(Exception):
     pass
 
 
-def test_a_crashed_run_resumes_to_the_same_losses(data_dir, tmp_path):
+def test_a_crashed_run_resumes_to_the_same_losses(run, test_configs, tmp_path):
     """Dropout on, so the dropout seed state must be restored too; op determinism on."""
-    dropout = dataclasses.replace(_configs()["model_config"], dropout=0.1)
+    dropout = dataclasses.replace(test_configs()["model_config"], dropout=0.1)
     common = dict(max_steps=8, model_config=dropout, deterministic=True)
-    _run(data_dir, tmp_path / "whole", **common)
+    run(tmp_path / "whole", **common)
     want = [m["loss"] for m in _metrics(tmp_path / "whole")]
 
     def crash_at_5(step, values):
@@ -184,9 +153,9 @@ def test_a_crashed_run_resumes_to_the_same_losses(data_dir, tmp_path):
             raise Crash()
 
     with pytest.raises(Crash):
-        _run(data_dir, tmp_path / "parts", checkpoint_every=3, step_callback=crash_at_5, **common)
+        run(tmp_path / "parts", checkpoint_every=3, step_callback=crash_at_5, **common)
     lines = []
-    result = _run(data_dir, tmp_path / "parts", lines, checkpoint_every=3, **common)
+    result = run(tmp_path / "parts", lines, checkpoint_every=3, **common)
     assert result.resumed_from == 3 and "resumed from checkpoint 3 at step 3" in lines
     got = _metrics(tmp_path / "parts")
     assert [m["step"] for m in got] == list(range(1, 9))
@@ -206,43 +175,38 @@ def _damage(model_dir, number, how):
 
 
 @pytest.mark.parametrize("how", ["truncated_data", "no_index"])
-def test_damaged_latest_checkpoint_falls_back(trained, data_dir, how):
-    model_dir, _, _ = trained
-    copy = f"{model_dir}_{how}"
-    shutil.copytree(model_dir, copy)
-    _damage(copy, 30, how)
+def test_damaged_latest_checkpoint_falls_back(run, run_copy, how):
+    _damage(run_copy, 30, how)
     lines = []
-    result = _run(data_dir, copy, lines, max_steps=31)
+    result = run(run_copy, lines, max_steps=31)
     assert result.resumed_from == 20 and result.step == 31
     assert any("ckpt-30 is damaged" in line for line in lines), lines
     assert any("resumed from" in line and "older checkpoint" in line for line in lines)
 
 
-def test_no_restorable_checkpoint_never_restarts_from_zero(trained, data_dir):
-    model_dir, _, _ = trained
-    copy = model_dir + "_all_damaged"
-    shutil.copytree(model_dir, copy)
+def test_no_restorable_checkpoint_never_restarts_from_zero(run, run_copy):
     for number in (10, 20, 30):
-        _damage(copy, number, "truncated_data")
-    with pytest.raises(run_dir.NoValidCheckpointError, match="refusing to start again from step 0"):
-        _run(data_dir, copy, max_steps=31)
-    assert _metrics(copy)[-1]["step"] == 30  # nothing was logged or overwritten
+        _damage(run_copy, number, "truncated_data")
+    with pytest.raises(run_dir.NoValidCheckpointError, match="refusing to start again") as e:
+        run(run_copy, max_steps=31)
+    assert isinstance(e.value, InputError)  # the command line prints it as one line
+    assert _metrics(run_copy)[-1]["step"] == 30  # nothing was logged or overwritten
 
 
-def test_nan_loss_stops_the_run(data_dir, tmp_path):
-    cfg = _configs("train_config.learning_rate = 1e30", "train_config.grad_clip_norm = 1e30")
-    with pytest.raises(train.NonFiniteLossError, match="stopping without saving"):
-        _run(data_dir, tmp_path, max_steps=50, checkpoint_every=1, **cfg)
+def test_nan_loss_stops_the_run(run, test_configs, tmp_path):
+    cfg = test_configs("train_config.learning_rate = 1e30", "train_config.grad_clip_norm = 1e30")
+    with pytest.raises(training.NonFiniteLossError, match="stopping without saving") as e:
+        run(tmp_path, max_steps=50, checkpoint_every=1, **cfg)
+    assert isinstance(e.value, InputError)
     steps = [m["step"] for m in _metrics(tmp_path)]
     saved = run_dir.checkpoint_numbers(os.path.join(tmp_path, "checkpoints"))
     assert saved == sorted(steps, reverse=True)  # every finite step saved, the bad one not
 
 
-def test_two_replicas_split_the_batch(data_dir, tmp_path):
+def test_two_replicas_split_the_batch(run, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     lines = []
-    result = _run(
-        data_dir,
+    result = run(
         tmp_path,
         lines,
         max_steps=2,
@@ -254,11 +218,11 @@ def test_two_replicas_split_the_batch(data_dir, tmp_path):
     assert result.step == 2 and np.isfinite(result.last_metrics["loss"])
     assert any("samples at step 2" in line for line in lines)  # mirrored weights sample too
     # The distributed iterator is in the checkpoint and restores.
-    again = _run(data_dir, tmp_path, max_steps=2, strategy=strategy)
+    again = run(tmp_path, max_steps=2, strategy=strategy)
     assert (again.resumed_from, again.stopped) == (2, "already_done")
 
 
-def test_sigterm_saves_a_checkpoint(data_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint(run, test_data_dir, tmp_path):
     """The command line end to end: runs until SIGTERM, saves, exits 143, resumes."""
     cmd = [
         sys.executable,
@@ -266,7 +230,7 @@ def test_sigterm_saves_a_checkpoint(data_dir, tmp_path):
         "dct_gen.train",
         f"--gin_file={GIN}",
         "--gin_param=model_config.dropout = 0.1",
-        f"--data_dir={data_dir}",
+        f"--data_dir={test_data_dir}",
         f"--model_dir={tmp_path}",
         "--max_steps=100000",
         "--log_every=1",
@@ -291,46 +255,112 @@ def test_sigterm_saves_a_checkpoint(data_dir, tmp_path):
     with open(os.path.join(tmp_path, run_dir.OPERATIVE_CONFIG_FILE)) as f:
         operative = f.read()
     assert "train_config.batch_size = 4" in operative and "model_config.dropout = 0.1" in operative
-    result = _run(data_dir, tmp_path, max_steps=last + 1)
+    result = run(tmp_path, max_steps=last + 1)
     assert (result.resumed_from, result.step) == (last, last + 1)
 
 
+# ----------------------------------------------------------------------------------------------
+# The command line, in-process: one error line, exit statuses.
+
+
 @pytest.fixture
-def flags_reset():
-    yield train.FLAGS
-    train.FLAGS.unparse_flags()
+def cli(capsys):
+    """cli(*args) -> (status, stdout, stderr) of `python -m dct_gen.train ARGS`, in-process."""
+
+    def call(*args):
+        status = train.main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    yield call
     gin.clear_config()
 
 
-def _main(*args):
-    train.FLAGS.unparse_flags()
-    train.FLAGS(["train", *args])
-    train.main(["train"])
+def _error(err: str) -> str:
+    """The one error line of stderr (and proof there is nothing else)."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dct_gen.train: error: "), err
+    return lines[0]
 
 
-def test_bad_flags_and_config_keys_are_named(data_dir, tmp_path, flags_reset):
-    from absl import app, flags
+def test_missing_data_dir_is_one_line_and_status_2(cli, tmp_path):
+    status, _, err = cli(f"--gin_file={GIN}", f"--model_dir={tmp_path}")
+    assert status == 2
+    assert _error(err) == "dct_gen.train: error: --data_dir is required (unless --dry_run)"
 
-    with pytest.raises(flags.UnrecognizedFlagError, match="bogus_flag"):
-        train.FLAGS(["train", "--bogus_flag=1"])
-    with pytest.raises(app.UsageError, match="--data_dir"):
-        _main(f"--gin_file={GIN}", f"--model_dir={tmp_path}")
-    with pytest.raises(app.UsageError, match="--gin_file"):
-        _main(f"--data_dir={data_dir}", f"--model_dir={tmp_path}")
-    with pytest.raises(ValueError, match="bogus"):
-        _main(
-            f"--gin_file={GIN}",
-            "--gin_param=train_config.bogus = 1",
-            f"--data_dir={data_dir}",
-            f"--model_dir={tmp_path}",
-        )
-    with pytest.raises(ValueError, match="dct_config.quality"):
-        _main(
-            f"--gin_file={GIN}",
-            "--gin_param=dct_config.quality = 50",
-            f"--data_dir={data_dir}",
-            f"--model_dir={tmp_path}",
-        )
-    run = [f"--gin_file={GIN}", f"--data_dir={data_dir}", f"--model_dir={tmp_path}"]
-    with pytest.raises(app.UsageError, match="--max_steps"):
-        _main(*run, "--max_steps=-1")
+
+def test_a_data_dir_that_does_not_exist_names_the_flag_and_path(cli, tmp_path):
+    missing = str(tmp_path / "nonexistent")
+    status, _, err = cli(f"--gin_file={GIN}", f"--data_dir={missing}", f"--model_dir={tmp_path}")
+    assert status == 1
+    line = _error(err)
+    assert "--data_dir" in line and missing in line
+    assert not os.listdir(tmp_path)  # nothing was written
+
+
+@pytest.mark.parametrize(
+    "flag, named",
+    [
+        ("--max_steps=-1", "--max_steps=-1"),
+        ("--max_steps=three", "max_steps"),
+        ("--bogus_flag=1", "bogus_flag"),
+        ("--max_step=3", "max_step"),  # abbreviations are refused
+        ("--log_every=0", "--log_every=0"),
+    ],
+)
+def test_bad_flags_are_named_with_status_2(cli, test_data_dir, tmp_path, flag, named):
+    args = [f"--gin_file={GIN}", f"--data_dir={test_data_dir}", f"--model_dir={tmp_path}"]
+    status, _, err = cli(*args, flag)
+    assert status == 2 and named in _error(err)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_gin_binding_that_contradicts_the_data_names_the_field_and_both_values(
+    cli, test_data_dir, tmp_path
+):
+    status, _, err = cli(
+        f"--gin_file={GIN}",
+        "--gin_param=dct_config.resolution = 64",
+        f"--data_dir={test_data_dir}",
+        f"--model_dir={tmp_path}",
+    )
+    assert status == 1
+    info = os.path.join(test_data_dir, "info.json")
+    assert _error(err) == (
+        f"dct_gen.train: error: dct_config.resolution = 64 in gin, but {info} says 32"
+    )
+    assert not os.listdir(tmp_path)
+
+
+def test_an_unknown_gin_key_is_named(cli, test_data_dir, tmp_path):
+    status, _, err = cli(
+        f"--gin_file={GIN}",
+        "--gin_param=model_config.bogus = 1",
+        f"--data_dir={test_data_dir}",
+        f"--model_dir={tmp_path}",
+    )
+    assert status == 1 and "bogus" in _error(err)
+
+
+def test_the_representation_comes_from_info_json_when_gin_binds_none(cli, run_copy, trained_run):
+    """Gin without gin/data/test.gin binds no dct_config: the command takes info.json's, which
+    is the trained run's architecture (a finished run: nothing is retrained)."""
+    status, out, err = cli(
+        "--gin_file=models/test.gin",
+        "--gin_param=model_config.dropout = 0.0",
+        "--gin_param=train_config.batch_size = 4",
+        "--gin_param=train_config.learning_rate = 1e-3",
+        "--gin_param=train_config.tokens = 1e4",
+        "--gin_param=train_config.mixed_precision = False",
+        f"--data_dir={trained_run.data_dir}",
+        f"--model_dir={run_copy}",
+        "--max_steps=30",
+        "--peak_flops=1e11",
+    )
+    assert status == 0, err
+    assert "already done" in out
+    with open(os.path.join(run_copy, run_dir.OPERATIVE_CONFIG_FILE)) as f:
+        operative = f.read()
+    assert "dct_config." not in operative and "train_config.batch_size = 4" in operative
