@@ -25,29 +25,41 @@ from its checkpoints), so `make demo` can be interrupted and rerun.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
-from PIL import Image
+from absl import flags
 
-from dct_gen import codec_files, photos, pictures
-from dct_gen import representation as rep
+from dct_gen import cli
+from dct_gen.errors import UsageError
+
+FLAGS = cli.flag_values()
+flags.DEFINE_string("out", os.path.join("runs", "demo"), "Output directory.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "steps",
+    "stats,progressive,roundtrip,data,train,train_colorize,evaluate,sample,export",
+    "Comma-separated steps to run, in order.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool("redo", False, "Rerun steps already done.", flag_values=FLAGS)
 
 QUALITIES = (10, 25, 50, 75, 90, 95)
 PROGRESSIVE_PHOTOS = ("astronaut.png", "chelsea.png")
 
 
 def _photos(names: Sequence[str]) -> list[str]:
+    from dct_gen import photos
+
     by_name = {os.path.basename(p): p for p in photos.color_photo_paths()}
     return [by_name[n] for n in names if n in by_name]
 
 
 def step_stats(out_dir: str) -> list[str]:
     """Figure 3 over every bundled colour photo, each at its own size."""
+    from dct_gen import codec_files, photos
+
     result = codec_files.run_stats(
         photos.color_photo_paths(), os.path.join(out_dir, "stats"), qualities=QUALITIES
     )
@@ -56,6 +68,8 @@ def step_stats(out_dir: str) -> list[str]:
 
 def step_progressive(out_dir: str) -> list[str]:
     """Figure 2g strips: eight prefixes, each twice the length of the one before."""
+    from dct_gen import codec_files
+
     written = []
     for path in _photos(PROGRESSIVE_PHOTOS):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -70,6 +84,8 @@ def step_progressive(out_dir: str) -> list[str]:
 
 def step_roundtrip(out_dir: str) -> list[str]:
     """One photo to triples (.npz) and back (.png)."""
+    from dct_gen import codec_files
+
     npz_dir = os.path.join(out_dir, "roundtrip")
     records = codec_files.encode_files(_photos(PROGRESSIVE_PHOTOS[:1]), npz_dir, quality=75)
     decoded = [codec_files.decode_file(r["out"])["out"] for r in records]
@@ -113,6 +129,7 @@ LUMA_FIRST = ("dct_config.ordering = 'luma_first'", "train_config.target_part = 
 def step_data(out_dir: str) -> list[str]:
     """Beam: crops of eight photos for training, two whole photos held out; both orderings."""
     from beam_jobs.pipeline import run_pipeline
+    from dct_gen import photos, pictures
 
     d = _dirs(out_dir)
     all_paths = photos.color_photo_paths()
@@ -177,9 +194,11 @@ def step_evaluate(out_dir: str) -> list[str]:
     of the same coefficients."""
     import json
 
+    import numpy as np
     import tensorflow as tf
 
     from dct_gen import jpeg_baseline, records, run_dir, training
+    from dct_gen import representation as rep
 
     d = _dirs(out_dir)
     run = run_dir.load_run(d["run"], mixed_precision=False, log=lambda _: None)
@@ -231,7 +250,10 @@ def step_evaluate(out_dir: str) -> list[str]:
 
 def step_sample(out_dir: str) -> list[str]:
     """Samples with heatmaps, 8x upsampling of the held-out photos, colorization."""
-    from dct_gen import sample
+    import numpy as np
+    from PIL import Image
+
+    from dct_gen import photos, sample
 
     d = _dirs(out_dir)
     out = os.path.join(out_dir, "samples")
@@ -320,29 +342,19 @@ def run(
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dct_gen.demo", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory")
-    parser.add_argument(
-        "--steps",
-        default=",".join(STEPS),
-        help=f"comma-separated steps to run, in order (default {','.join(STEPS)})",
-    )
-    parser.add_argument("--redo", action="store_true", help="rerun steps already done")
-    args = parser.parse_args(argv)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    try:
-        written = run(args.out, steps, redo=args.redo)
-    except (ValueError, codec_files.CodecError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"Demo outputs under {os.path.abspath(args.out)}:")
+def _main(args: list[str]) -> int:
+    cli.no_positional(args)
+    steps = [s.strip() for s in FLAGS.steps.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise UsageError(f"--steps: unknown steps {unknown}; known: {','.join(STEPS)}")
+    out = FLAGS.out
+    written = run(out, steps, redo=FLAGS.redo)
+    print(f"Demo outputs under {os.path.abspath(out)}:")
     for name, paths in written.items():
         for path in paths:
             print(f"  [{name}] {path}")
-    evaluation = os.path.join(args.out, "evaluation.json")
+    evaluation = os.path.join(out, "evaluation.json")
     if "evaluate" in written and os.path.exists(evaluation):
         import json
 
@@ -354,10 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"same coefficients): {100 * e['saving_vs_jpeg']:+.1f}%"
         )
     if "sample" in written:
-        print(f"Samples: {os.path.join(args.out, 'samples', 'sample_grid.png')}")
+        print(f"Samples: {os.path.join(out, 'samples', 'sample_grid.png')}")
     if "train" in written:
-        print(f"Watch the run: tensorboard --logdir {_dirs(args.out)['run']}")
+        print(f"Watch the run: tensorboard --logdir {_dirs(out)['run']}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_main, FLAGS, argv, prog="dct_gen.demo", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ def load_run(
     Raises:
       RunDirectoryError: no such directory, no config.json, no checkpoint (or not the one
         asked for), or none that restores into the model the config describes.
-      ValueError: config.json is not a valid run configuration.
+      InputError: config.json is not a valid run configuration.
     """
     import keras
     import tensorflow as tf

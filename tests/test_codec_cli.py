@@ -416,7 +416,7 @@ def test_demo_writes_what_it_prints(tmp_path, capsys):
     assert len(listed) == 4 + 2  # two photos x two orderings; one .npz and its decoded .png
     for path in listed:
         assert os.path.isfile(path) and path.startswith(str(out)), path
-    assert demo.main(["--out", str(out), "--steps", "stats,bogus"]) == 1
+    assert demo.main(["--out", str(out), "--steps", "stats,bogus"]) == 2  # a bad flag value
     assert "bogus" in capsys.readouterr().err
     # A second run skips the steps already done.
     assert demo.main(["--out", str(out), "--steps", "roundtrip"]) == 0
