@@ -7,7 +7,7 @@
 Runs unchanged on this CPU and on a GPU. Per config, with the same model (random weights, see
 below) and batch:
 
-1. cached: `Sampler.sample_chunk` (`dct_gen.sample`) over whole chunks: chunk 1 and chunk 10 of
+1. cached: `Sampler.sample_chunk` (`dct_gen.sampling`) over whole chunks: chunk 1 and chunk 10 of
    a long sequence, timed alternately (--repeats rounds at most, fewer once --max_seconds have
    passed; medians), after a warm-up call that traces (and compiles) on the same shapes with
    every image already done, so that it draws nothing. The sequence buffers hold the triples
@@ -121,11 +121,11 @@ def build(name: str):
     import keras
     import numpy as np
 
-    from dct_gen import configs, layers
+    from dct_gen import cli, configs, layers
     from dct_gen import model as model_lib
     from dct_gen import representation as rep
 
-    configs.parse(*gin_setup(name))
+    cli.parse_gin(*gin_setup(name))
     model_config = configs.model_config()
     keras.utils.set_random_seed(SEED)
     model = model_lib.build_model(model_config)
@@ -137,9 +137,10 @@ def build(name: str):
     rank = rep.channel_rank(dct.block_size, dct.ordering, dct.interval).astype(np.float32)
     bias = -RANK_BIAS * rank
     bias[dct.stop_token] += STOP_BIAS
-    model.get_layer("channel_head").logits.bias.assign(bias)
+    heads = model_lib.model_layers(model).heads
+    heads["channel"].logits.bias.assign(bias)
     position_bias = -POSITION_BIAS * np.arange(dct.num_positions, dtype=np.float32)
-    model.get_layer("position_head").logits.bias.assign(position_bias)
+    heads["position"].logits.bias.assign(position_bias)
     return model_config, model
 
 
@@ -187,23 +188,22 @@ class NaiveSampler:
     def _step(self, j, window, memory, cross, label_vector, chunk_seed, temperature, top_p, top_k):
         import tensorflow as tf
 
-        from dct_gen import sample as sample_lib
+        from dct_gen import sampling
 
         s = self.sampler
         w = s.window
         c_w, p_w, v_w = window
         b = tf.shape(c_w)[0]
-        column = tf.fill([b], j)
-        prev_c = tf.where(j > 0, sample_lib._gather(c_w, column - 1), -1)
-        prev_p = tf.where(j > 0, sample_lib._gather(p_w, column - 1), -1)
-        everywhere = tf.ones([b], tf.bool)
+        at_j = (tf.range(w) == j)[None, :]  # (1, W): the element's column
+        prev_c = tf.where(j > 0, tf.gather(c_w, tf.maximum(j - 1, 0), axis=1), -1)
+        prev_p = tf.where(j > 0, tf.gather(p_w, tf.maximum(j - 1, 0), axis=1), -1)
         empty = s.empty_caches(b)
 
         def draw(name, logits):
             key = tf.random.experimental.stateless_fold_in(
                 chunk_seed, j * 3 + s.DECODERS.index(name)
             )
-            filtered = sample_lib.filter_logits(logits, temperature, top_p, top_k)
+            filtered = sampling.filter_logits(logits, temperature, top_p, top_k)
             return tf.random.stateless_categorical(filtered, 1, key, dtype=tf.int32)[:, 0]
 
         def row(h):
@@ -211,25 +211,25 @@ class NaiveSampler:
 
         # Channel: the whole window through the channel decoder.
         prev = [tf.pad(t[:, :-1], [[0, 0], [1, 0]]) for t in (c_w, p_w, v_w)]
-        x = s._channel_input(prev, 0, w, label_vector)
+        x = s.channel_input(prev, 0, w, label_vector)
         h, _ = s.decode("channel", x, empty["channel"], cross["channel"], 0)
         logits = s.heads["channel"](row(h))[:, 0]
-        c = draw("channel", s._mask("channel", logits, None, prev_c, prev_p))
-        c_w = sample_lib._write(c_w, column, c, everywhere)
+        c = draw("channel", s.mask_logits("channel", logits, None, prev_c, prev_p))
+        c_w = tf.where(at_j, c[:, None], c_w)
 
         # Position: the whole window again, with the element's channel in place.
-        x = s._position_input(h, c_w)
+        x = s.position_input(h, c_w)
         h, _ = s.decode("position", x, empty["position"], cross["position"], 0)
         logits = s.heads["position"](row(h))[:, 0]
-        p = draw("position", s._mask("position", logits, c, prev_c, prev_p))
-        p_w = sample_lib._write(p_w, column, p, everywhere)
+        p = draw("position", s.mask_logits("position", logits, c, prev_c, prev_p))
+        p_w = tf.where(at_j, p[:, None], p_w)
 
         # Value: and again, with its position in place.
-        x = s._value_input(h, memory, p_w)
+        x = s.value_input(h, memory, p_w)
         h, _ = s.decode("value", x, empty["value"], cross["value"], 0)
         logits = s.heads["value"](row(h))[:, 0]
-        v = draw("value", s._mask("value", logits, c, prev_c, prev_p)) - s.dct.clip
-        v_w = sample_lib._write(v_w, column, v, everywhere)
+        v = draw("value", s.mask_logits("value", logits, c, prev_c, prev_p)) - s.dct.clip
+        v_w = tf.where(at_j, v[:, None], v_w)
         return c_w, p_w, v_w
 
 
@@ -393,7 +393,7 @@ def measure_naive(sampler, state, chunk: int, reference: dict, args) -> dict:
 def bench_config(name: str, args) -> dict:
     import numpy as np
 
-    from dct_gen import sample as sample_lib
+    from dct_gen import sampling
 
     model_config, model = build(name)
     c, o, w = model_config.chunk_size, model_config.overlap, model_config.window
@@ -407,7 +407,7 @@ def bench_config(name: str, args) -> dict:
         flush=True,
     )
     (channels, positions, values), note = long_sequence(model_config.dct, LATE_CHUNK * c)
-    longest = sample_lib.max_length(model_config.dct)
+    longest = sampling.max_length(model_config.dct)
     if LATE_CHUNK * c >= longest:
         note += f"; chunk {LATE_CHUNK} lies past the longest possible sequence ({longest})"
     print(f"long sequence: {note}", flush=True)
@@ -423,7 +423,7 @@ def bench_config(name: str, args) -> dict:
         "capacity": capacity,
     }
 
-    sampler = sample_lib.Sampler(model, model_config)
+    sampler = sampling.Sampler(model, model_config)
     states = {}
     for k in (FIRST_CHUNK, LATE_CHUNK):
         known = k * c  # the chunk's start: its overlap is known, it draws C elements
@@ -437,7 +437,7 @@ def bench_config(name: str, args) -> dict:
     for kind, jit in kinds:
         try:
             if jit:
-                sampler = sample_lib.Sampler(model, model_config, jit_compile=True)
+                sampler = sampling.Sampler(model, model_config, jit_compile=True)
             cached, outputs = measure_cached(sampler, states, c, args)
         except Exception as e:  # XLA may refuse an op on some device: report, go on
             result[kind] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}

@@ -253,7 +253,7 @@ def step_sample(out_dir: str) -> list[str]:
     import numpy as np
     from PIL import Image
 
-    from dct_gen import photos, sample
+    from dct_gen import photos
 
     d = _dirs(out_dir)
     out = os.path.join(out_dir, "samples")
@@ -271,30 +271,48 @@ def step_sample(out_dir: str) -> list[str]:
     grey = os.path.join(out, "inputs", "grey_" + os.path.basename(held[0]))
     Image.fromarray(photos.load_rgb(held[0])).convert("L").save(grey)
     written = []
-    jobs = (
-        ["--model_dir", d["run"], "--num_samples", "16", "--max_chunks", "40", "--top_p", "0.9"],
-        ["upsample", *low, "--model_dir", d["run"], "--num_samples", "3"],
-        ["colorize", grey, "--model_dir", d["run_colorize"], "--num_samples", "3"],
-    )
-    for argv in jobs:
-        files = sample.run(argv + ["--out", out, "--seed", "0"])
-        written += files["grid"] + files.get("comparisons", []) + files["heatmap_grid"]
+    generated = _samples(d["run"], out, "generate", num_samples=16, max_chunks=40, top_p=0.9)
+    written += generated["grid"] + generated["heatmap_grid"]
+    for task, run, inputs in (("upsample", d["run"], low), ("colorize", d["run_colorize"], [grey])):
+        files = _samples(run, out, task, images=inputs, num_samples=3)
+        written += files["grid"] + files["comparisons"] + files["heatmap_grid"]
     return written
+
+
+def _samples(
+    model_dir: str, out: str, task: str, *, images=(), num_samples: int, **options
+) -> dict[str, list[str]]:
+    """Samples of one task from a run, written under out (what `python -m dct_gen.sample`
+    does)."""
+    from dct_gen import images as images_lib
+    from dct_gen import run_dir, sampling
+
+    run = run_dir.load_run(model_dir, mixed_precision=False, log=lambda _: None)
+    sampler = sampling.Sampler(run.model, run.model_config)
+    options.setdefault("max_chunks", sampling.default_max_chunks(run.model_config))
+    inputs = [images_lib.read_image(path) for path in images]
+    samples = sampling.sample_task(
+        sampler,
+        task,
+        num_samples=num_samples,
+        images=inputs,
+        options=sampling.SampleOptions(**options),
+        seed=0,
+    )
+    return sampling.write_task(samples, out, task, inputs)
 
 
 def step_export(out_dir: str) -> list[str]:
     """The SavedModel (sample, log_prob, upsample), and four samples drawn from it."""
-    from dct_gen import export, run_dir, sample
+    from dct_gen import sampling, saved_model
 
     d = _dirs(out_dir)
     saved = os.path.join(out_dir, "saved_model")
-    run = run_dir.load_run(d["run"], mixed_precision=False, log=lambda _: None)
-    model, model_config, train_config = run.model, run.model_config, run.train_config
-    export.export(model, model_config, saved, target_part=train_config.target_part)
+    saved_model.export_run(d["run"], saved)
     out = os.path.join(out_dir, "samples_saved_model")
-    files = sample.run(
-        ["--saved_model", saved, "--num_samples", "4", "--out", out, "--seed", "1", "--quiet"]
-    )
+    source = sampling.SavedModelSource(saved)
+    samples = sampling.sample_task(source, "generate", num_samples=4, seed=1)
+    files = sampling.write_task(samples, out, "generate")
     return [saved] + files["grid"]
 
 

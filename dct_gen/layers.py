@@ -4,6 +4,15 @@ Every layer here takes plain constructor arguments, round-trips through get_conf
 and is registered with Keras under the package name `dct_gen`, so that a functional model built
 from them can be serialized. None of them knows about gin (gin + Layer subclasses breaks Keras).
 
+Cached decoding (`dct_gen.sampling`) runs the decoder stacks a few elements at a time:
+`TransformerStack.call_with_cache` (and `PARBlock.call_with_cache` below it) takes the elements
+at window indices [index, index + n), the stack's self-attention key/value cache and the
+cross-attention keys and values of the memory (`project_cross`, computed once per memory), and
+returns the outputs and the updated cache; step by step it gives what `call` gives on the whole
+window. Caches are laid out heads first, (b, h, W, k), so that no step transposes them. These
+methods are called directly, not through Keras' `__call__`, so they cast their inputs and
+weights to the layer's compute dtype themselves (mixed precision keeps float32 variables).
+
 Shapes in comments: b batch, t window length (O + C), s memory length (encoder tokens),
 d hidden size, h heads, k key size per head.
 """
@@ -11,6 +20,7 @@ d hidden size, h heads, k key size per head.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # A large negative logit that stays finite in bfloat16 (max ~3.4e38) and float32, so that a row
@@ -22,6 +32,27 @@ def serializable(cls):
     return keras.saving.register_keras_serializable(package="dct_gen")(cls)
 
 
+def write_cache(cache, update, index, jit_compile: bool = False):
+    """cache[:, :, index:index + n] = update: (b, h, W, k) and (b, h, n, k) -> (b, h, W, k).
+
+    Outside XLA a strided-slice update (which writes into the cache's buffer when nothing else
+    holds it); under XLA (jit_compile), whose kernels lack that op, a dynamic-update-slice.
+    """
+    if jit_compile:
+        from tensorflow.compiler.tf2xla.python import xla as xla_ops
+
+        zero = tf.zeros([], tf.int32)
+        return xla_ops.dynamic_update_slice(
+            cache, update, tf.stack([zero, zero, tf.cast(index, tf.int32), zero])
+        )
+    n = tf.shape(update)[2]
+    begin = tf.stack([0, 0, index, 0])
+    end = tf.stack([tf.shape(cache)[0], tf.shape(cache)[1], index + n, tf.shape(cache)[3]])
+    return tf.raw_ops.TensorStridedSliceUpdate(
+        input=cache, begin=begin, end=end, strides=tf.ones([4], tf.int32), value=update
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention and the residual blocks (paper appendix B).
 
@@ -30,9 +61,10 @@ def serializable(cls):
 class Attention(keras.layers.Layer):
     """Multi-head dot-product attention, self or cross, optionally causal.
 
-    Its own layer (rather than keras.layers.MultiHeadAttention) so that cached step-by-step
-    decoding can later reuse the projections: `project_memory` computes the keys and values of
-    a memory once; `call` accepts them precomputed.
+    Its own layer (rather than keras.layers.MultiHeadAttention) so that cached decoding can
+    reuse the projections: `project_memory` computes the keys and values of a memory once,
+    `attend` takes them precomputed, and `call_with_cache` runs causal self-attention over new
+    elements given the keys and values of the earlier ones.
 
     Args:
       hidden_size: d, the width of the query stream and of the memory.
@@ -61,19 +93,32 @@ class Attention(keras.layers.Layer):
         self.output_kernel = self.add_weight(name="output", shape=(h, k, d), initializer=out_init)
         self.output_bias = self.add_weight(name="output_bias", shape=(d,), initializer="zeros")
 
-    def project_memory(self, memory):
-        """Keys and values of a memory: two (b, s, h, k) tensors (cacheable)."""
-        keys = ops.einsum("bsd,dhk->bshk", memory, self.key_kernel)
-        values = ops.einsum("bsd,dhk->bshk", memory, self.value_kernel)
+    def _weight(self, variable):
+        # The variable in the compute dtype: what Keras' autocasting gives inside `__call__`,
+        # explicit so that `attend` and `project_memory` also run when called directly.
+        return ops.cast(variable, self.compute_dtype)
+
+    def project_memory(self, memory, heads_first=False):
+        """Keys and values of a memory (cacheable): two (b, s, h, k) tensors, or (b, h, s, k)
+        with heads_first."""
+        memory = ops.cast(memory, self.compute_dtype)
+        keys = ops.einsum("bsd,dhk->bshk", memory, self._weight(self.key_kernel))
+        values = ops.einsum("bsd,dhk->bshk", memory, self._weight(self.value_kernel))
+        if heads_first:
+            # A transpose after the projection rather than an einsum straight into (b, h, s, k):
+            # in bfloat16 the two round differently, and this one is what `call` computes.
+            keys, values = (ops.transpose(t, (0, 2, 1, 3)) for t in (keys, values))
         return keys, values
 
     def attend(self, query, keys, values, query_offset=0, training=None, heads_first=False):
         """Attention of query positions (offset in the sequence by query_offset) into keys.
 
-        keys, values: (b, s, h, k), or (b, h, s, k) with heads_first (a sampler's cache, laid
-        out so that no step transposes it).
+        keys, values: (b, s, h, k), or (b, h, s, k) with heads_first (a cache, laid out so that
+        no step transposes it).
         """
-        q = ops.einsum("btd,dhk->bhtk", query, self.query_kernel) * (self.key_size**-0.5)
+        query = ops.cast(query, self.compute_dtype)
+        q = ops.einsum("btd,dhk->bhtk", query, self._weight(self.query_kernel))
+        q = q * (self.key_size**-0.5)
         # Softmax in float32: bfloat16 has 8 bits of mantissa.
         key_spec = "bhsk" if heads_first else "bshk"
         scores = ops.cast(ops.einsum(f"bhtk,{key_spec}->bhts", q, keys), "float32")
@@ -85,7 +130,37 @@ class Attention(keras.layers.Layer):
         weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         weights = self.weights_dropout(weights, training=training)
         out = ops.einsum(f"bhts,{key_spec}->bhtk", weights, values)
-        return ops.einsum("bhtk,hkd->btd", out, self.output_kernel) + self.output_bias
+        out = ops.einsum("bhtk,hkd->btd", out, self._weight(self.output_kernel))
+        return out + self._weight(self.output_bias)
+
+    def empty_cache(self, batch, length):
+        """A zeroed self-attention cache of `length` positions: (keys, values), each
+        (b, h, length, k) in the compute dtype."""
+        shape = (batch, self.num_heads, length, self.key_size)
+        return ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype)
+
+    def call_with_cache(self, query, cache, index, jit_compile=False):
+        """Causal self-attention of n new elements at cache positions [index, index + n).
+
+        Their keys and values are written into the cache, and each element attends to the
+        cache up to its own position (what is past it is masked, whatever it holds).
+
+        Args:
+          query: (b, n, d), the new elements.
+          cache: (keys, values), each (b, h, W, k): the keys and values of positions < index.
+          index: the first new element's position (int or scalar int32 tensor).
+          jit_compile: the caller is compiled with XLA (see `write_cache`).
+
+        Returns:
+          (b, n, d) outputs and the updated (keys, values).
+        """
+        if not self.causal:
+            raise ValueError(f"{self.name}: call_with_cache needs causal self-attention")
+        keys, values = self.project_memory(query, heads_first=True)
+        keys = write_cache(cache[0], keys, index, jit_compile)
+        values = write_cache(cache[1], values, index, jit_compile)
+        out = self.attend(query, keys, values, query_offset=index, heads_first=True)
+        return out, (keys, values)
 
     def call(self, query, memory=None, training=None):
         # (b, t, d), (b, s, d) -> (b, t, d); memory=None is self-attention.
@@ -191,8 +266,11 @@ class PARBlock(keras.layers.Layer):
 
     @property
     def sublayers(self):
-        """The residual branches' layers, in order (the cache of a sampler walks these)."""
+        """The residual branches' layers, in order."""
         return [layer for _, layer in self.branches]
+
+    def _layers_of(self, kind):
+        return [layer for k, layer in self.branches if k == kind]
 
     def build(self, x_shape, memory_shape=None):
         for norm, (kind, layer) in zip(self.norms, self.branches):
@@ -206,19 +284,66 @@ class PARBlock(keras.layers.Layer):
             name="rezero", shape=(len(self.branches),), initializer="zeros"
         )
 
-    def call(self, x, memory=None, training=None):
-        # (b, t, d), memory (b, s, d) -> (b, t, d)
+    def _residual(self, x, branch, training=None):
+        """The residual maths, shared by `call` and `call_with_cache`: for each branch i,
+        x <- x + rezero[i] * dropout(branch(kind, layer, layernorm(x)))."""
         for i, (norm, (kind, layer)) in enumerate(zip(self.norms, self.branches)):
-            y = norm(x)
-            if kind == "self":
-                y = layer(y, training=training)
-            elif kind == "cross":
-                y = layer(y, memory, training=training)
-            else:
-                y = layer(y)
+            y = branch(kind, layer, norm(x))
             y = self.branch_dropout(y, training=training)
             x = x + ops.cast(self.rezero[i], x.dtype) * y
         return x
+
+    def call(self, x, memory=None, training=None):
+        # (b, t, d), memory (b, s, d) -> (b, t, d)
+        def branch(kind, layer, y):
+            if kind == "self":
+                return layer(y, training=training)
+            if kind == "cross":
+                return layer(y, memory, training=training)
+            return layer(y)
+
+        return self._residual(x, branch, training)
+
+    def project_cross(self, memory):
+        """The cross-attention keys and values of a memory (b, s, d), once per memory: one
+        (keys, values) pair per cross-attention sublayer, each (b, h, s, k)."""
+        return [
+            layer.project_memory(memory, heads_first=True) for layer in self._layers_of("cross")
+        ]
+
+    def empty_cache(self, batch, length):
+        """A zeroed cache of `length` positions: one (keys, values) pair per self-attention
+        sublayer, each (b, h, length, k)."""
+        return [layer.empty_cache(batch, length) for layer in self._layers_of("self")]
+
+    def call_with_cache(self, x, cache, cross, index, jit_compile=False):
+        """The block over n new elements at window indices [index, index + n), at inference.
+
+        Args:
+          x: (b, n, d), the new elements' inputs.
+          cache: `empty_cache` or a previous call's cache, holding positions < index.
+          cross: `project_cross(memory)` (an empty list without cross-attention).
+          index: the first new element's window index (int or scalar int32 tensor).
+          jit_compile: the caller is compiled with XLA.
+
+        Returns:
+          (b, n, d), what `call` gives at these rows of the whole window, and the updated
+          cache.
+        """
+        x = ops.cast(x, self.compute_dtype)
+        caches, crosses, new_cache = iter(cache), iter(cross), []
+
+        def branch(kind, layer, y):
+            if kind == "self":
+                y, layer_cache = layer.call_with_cache(y, next(caches), index, jit_compile)
+                new_cache.append(layer_cache)
+                return y
+            if kind == "cross":
+                keys, values = next(crosses)
+                return layer.attend(y, keys, values, heads_first=True)
+            return layer(y)
+
+        return self._residual(x, branch, training=False), new_cache
 
     def compute_output_shape(self, x_shape, memory_shape=None):
         return x_shape
@@ -297,6 +422,38 @@ class TransformerStack(keras.layers.Layer):
         for block in self.blocks:
             x = block(x, memory, training=training)
         return self.norm(x) if self.final_norm else x
+
+    def project_cross(self, memory):
+        """Each block's `project_cross(memory)`: the cross-attention keys and values a decoder
+        needs per memory (compute them once, then step with `call_with_cache`)."""
+        return [block.project_cross(memory) for block in self.blocks]
+
+    def empty_cache(self, batch, length):
+        """Each block's zeroed self-attention cache of `length` positions (the window)."""
+        return [block.empty_cache(batch, length) for block in self.blocks]
+
+    def call_with_cache(self, x, cache, cross, index, jit_compile=False):
+        """The decoder over n new elements at window indices [index, index + n), at inference:
+        step by step (or a known prefix at once, then step by step), it gives the rows that
+        `call(window, memory)` gives.
+
+        Args:
+          x: (b, n, d), the new elements' inputs.
+          cache: `empty_cache(b, W)` or a previous call's cache (positions < index).
+          cross: `project_cross(memory)`.
+          index: the first new element's window index (int or scalar int32 tensor).
+          jit_compile: the caller is compiled with XLA (the cache update differs).
+
+        Returns:
+          (b, n, d) outputs and the updated cache.
+        """
+        if not self.decoder:
+            raise ValueError(f"{self.name}: call_with_cache is for decoder (causal) stacks")
+        new_cache = []
+        for block, block_cache, block_cross in zip(self.blocks, cache, cross):
+            x, block_cache = block.call_with_cache(x, block_cache, block_cross, index, jit_compile)
+            new_cache.append(block_cache)
+        return (self.norm(x) if self.final_norm else x), new_cache
 
     def compute_output_shape(self, x_shape, memory_shape=None):
         return x_shape

@@ -19,6 +19,9 @@ paper 3.2). The inputs of the three decoders (eq. 4-9):
   E_position[t] = H_channel[t] + C(c[t])                                       (eq. 6)
   E_value[t]    = H_position[t] + gather(E_input, p[t]) + P(p[t])              (eq. 8)
 
+`model_layers(model)` hands the layers of a built model to cached decoding (`dct_gen.sampling`),
+which runs them one block of elements at a time with the same weights.
+
 The gather maps canvas position p = row * G + col to encoder token (row // s) * G' + col // s
 (`layers.encoder_cell`): the encoder grid is the G x G block grid downsampled by the
 convolution's stride s. The extra P(p[t]) in E_value (not in eq. 8) tells the value decoder
@@ -237,6 +240,20 @@ class StructuralMask(keras.layers.Layer):
 # ----------------------------------------------------------------------------------------------
 # The functional model.
 
+COMPONENTS = ("channel", "position", "value")  # the decoders, in the order they run
+
+
+def _decoder_name(component: str) -> str:
+    return f"{component}_decoder"
+
+
+def _head_name(component: str) -> str:
+    return f"{component}_head"
+
+
+def _embedding_name(component: str) -> str:
+    return f"{component}_embedding"
+
 
 def build_model(config: ModelConfig, name: str = "dctransformer") -> keras.Model:
     """Builds the DCTransformer functional model (see the module docstring for its contract)."""
@@ -281,17 +298,21 @@ def build_model(config: ModelConfig, name: str = "dctransformer") -> keras.Model
     )(x)  # (b, G'^2, d)
 
     # Element embeddings, shared by the decoders.
-    channel_embedding = keras.layers.Embedding(dct.num_channels, d, name="channel_embedding")
-    position_embedding = keras.layers.Embedding(dct.num_positions, d, name="position_embedding")
+    channel_embedding = keras.layers.Embedding(dct.num_channels, d, name=_embedding_name("channel"))
+    position_embedding = keras.layers.Embedding(
+        dct.num_positions, d, name=_embedding_name("position")
+    )
     value_embedding = layers.OffsetEmbedding(
-        dct.num_values, d, offset=dct.clip, name="value_embedding"
+        dct.num_values, d, offset=dct.clip, name=_embedding_name("value")
     )
     c = channel_embedding(inputs["channels"])  # (b, t, d)
     p = position_embedding(inputs["positions"])  # (b, t, d)
     v = value_embedding(inputs["values"])  # (b, t, d)
 
-    def decoder(spec, name):
-        return layers.TransformerStack(layer_spec=spec, decoder=True, name=name, **common)
+    def decoder(spec, component):
+        return layers.TransformerStack(
+            layer_spec=spec, decoder=True, name=_decoder_name(component), **common
+        )
 
     # Channel decoder (eq. 4, 5).
     e = layers.ShiftRight(d, name="shift_right")(layers.Sum(name="element")([c, p, v]))
@@ -299,31 +320,74 @@ def build_model(config: ModelConfig, name: str = "dctransformer") -> keras.Model
     if label is not None:
         e = layers.Sum(name="decoder_label")([e, label])
     e = keras.layers.Dropout(config.dropout, name="channel_dropout")(e)
-    h_channel = decoder(config.channel_spec, "channel_decoder")(e, memory)  # (b, t, d)
+    h_channel = decoder(config.channel_spec, "channel")(e, memory)  # (b, t, d)
 
     # Position decoder (eq. 6, 7): the element's own channel.
     e = layers.Sum(name="position_input")([h_channel, c])
     e = keras.layers.Dropout(config.dropout, name="position_dropout")(e)
-    h_position = decoder(config.position_spec, "position_decoder")(e, memory)
+    h_position = decoder(config.position_spec, "position")(e, memory)
 
     # Value decoder (eq. 8, 9): the encoder token at the element's own position.
     gathered = layers.GatherEncoded(g, config.stride, name="gather")(memory, inputs["positions"])
     e = layers.Sum(name="value_input")([h_position, gathered, p])
     e = keras.layers.Dropout(config.dropout, name="value_dropout")(e)
-    h_value = decoder(config.value_spec, "value_decoder")(e, memory)
+    h_value = decoder(config.value_spec, "value")(e, memory)
 
     logits = (
-        layers.OutputHead(dct.num_channels, name="channel_head")(h_channel),
-        layers.OutputHead(dct.num_positions, name="position_head")(h_position),
-        layers.OutputHead(dct.num_values, name="value_head")(h_value),
+        layers.OutputHead(dct.num_channels, name=_head_name("channel"))(h_channel),
+        layers.OutputHead(dct.num_positions, name=_head_name("position"))(h_position),
+        layers.OutputHead(dct.num_values, name=_head_name("value"))(h_value),
     )
     if config.structural_mask:
         # float32 even under mixed precision (a bfloat16 layer would cast the logits down).
         logits = StructuralMask(dct.to_dict(), dtype="float32", name="structural_mask")(
             *logits, inputs["channels"], inputs["positions"]
         )
-    outputs = dict(zip(("channel", "position", "value"), logits))
+    outputs = dict(zip(COMPONENTS, logits))
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayers:
+    """The layers of a `build_model` model, for cached decoding (the same objects: weights
+    shared, nothing copied).
+
+    Attributes:
+      image_embedding: the DCT image -> encoder tokens (eq. 3).
+      label_embedding: label -> (b, 1, d); None for unconditional models.
+      encoder: the encoder stack (its output is the memory).
+      embeddings: per component (COMPONENTS), the element embedding C, P or V.
+      start: the learned start vector (d,) of the channel decoder's first element.
+      chunk_positions: P_chunk, the (W, d) table of window indices.
+      decoders: per component, its decoder stack (`TransformerStack.call_with_cache`).
+      heads: per component, its output head (float32 logits, before the structural mask).
+    """
+
+    image_embedding: layers.DCTImageEmbedding
+    label_embedding: layers.LabelEmbedding | None
+    encoder: layers.TransformerStack
+    embeddings: dict
+    start: object
+    chunk_positions: object
+    decoders: dict
+    heads: dict
+
+
+def model_layers(model: keras.Model) -> ModelLayers:
+    """The layers of a model from `build_model` (see ModelLayers)."""
+    names = {layer.name for layer in model.layers}
+    return ModelLayers(
+        image_embedding=model.get_layer("dct_image_embedding"),
+        label_embedding=(
+            model.get_layer("label_embedding") if "label_embedding" in names else None
+        ),
+        encoder=model.get_layer("encoder"),
+        embeddings={c: model.get_layer(_embedding_name(c)) for c in COMPONENTS},
+        start=model.get_layer("shift_right").start,
+        chunk_positions=model.get_layer("chunk_position_embedding").table,
+        decoders={c: model.get_layer(_decoder_name(c)) for c in COMPONENTS},
+        heads={c: model.get_layer(_head_name(c)) for c in COMPONENTS},
+    )
 
 
 def input_names(model: keras.Model) -> list[str]:
@@ -340,8 +404,6 @@ def forward(model: keras.Model, batch: dict, training: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Loss and bits per subpixel.
-
-COMPONENTS = ("channel", "position", "value")
 
 
 def compute_losses(outputs: dict, batch: dict, dct: DCTConfig) -> dict:

@@ -1,53 +1,113 @@
-"""Chunked autoregressive sampling with key/value caches (paper 3.3; DESIGN.md "Sampling").
+"""Samples images from a trained DCTransformer, or from its exported SavedModel.
 
-`Sampler(model, model_config)` walks the layers of a model built by `dct_gen.model.build_model`
-(weights shared, nothing copied) and samples sequences of (channel, position, value) triples
-chunk by chunk, exactly as the model was trained on them (`dct_gen.data`):
+usage: python -m dct_gen.sample (--model_dir DIR | --saved_model DIR) [flags]
+       python -m dct_gen.sample upsample IMAGE... (--model_dir DIR | --saved_model DIR) [flags]
+       python -m dct_gen.sample colorize IMAGE... (--model_dir DIR | --saved_model DIR) [flags]
 
-- chunk k of a sequence starts at element start = base + k * C (base: 0, or the number of luma
-  elements for colorization, whose targets are the chroma part); its window is the O + C
-  elements from first = max(start - O, 0), and the encoder sees the DCT image of the elements
-  before `start`;
-- per chunk, the DCT image is built and encoded once, and the cross-attention keys and values
-  of every decoder layer are computed once;
-- then, element by element, the channel decoder, the channel draw, the position decoder, the
-  position draw, the value decoder and the value draw run in turn, each decoder over one new
-  element with a key/value cache of its self-attention layers (the cache holds the window);
-- elements that are already known (the overlap, or a task's context) are forced instead of
-  drawn. When the whole overlap is known for every running image, it is pushed through the
-  decoders in one parallel pass (the prefill) instead of element by element.
+Without a task word: unconditional samples, or class-conditional ones with --label.
+`upsample IMAGE...`: B x upsampling (8x at B = 8) of each image (interleaved models).
+`colorize IMAGE...`: colour for each image's grey version (luma_first models).
+--label, --temperature, --top_p and --top_k apply to plain sampling only.
 
-Each image stops at its stop token while the others continue; sampling also stops after
-`max_chunks` chunks (the image is then a truncated, still decodable, prefix). The structural
-mask of the model is applied as in training, so sampled sequences are always valid triples.
-Draws use temperature, top-k and top-p (nucleus) filtering on each of the three distributions,
-with stateless random numbers keyed on (seed, chunk, element, component): the same seed gives
-the same sequences.
-
-Everything runs in TensorFlow graphs with static shapes: `sample_chunk` is one tf.function
-per chunk (the Python driver `sample` loops over chunks, reporting progress, and stops early);
-`sample_graph` puts the chunk loop itself in the graph (the SavedModel export uses it).
-
-Shapes: b batch, N sequence buffer, W = O + C window, d hidden, h heads, k key size.
+For each sample it writes PREFIX_NNN.png, PREFIX_NNN.npz (the triples), PREFIX_NNN_heatmap.png
+and PREFIX_NNN_progressive.png, then PREFIX_grid.png, PREFIX_heatmaps.png and PREFIX.json
+(PREFIX: sample, upsample or colorize); a task also writes TASK_NNN_comparison.png per input
+(the input, then its samples). The last stdout line is a JSON summary. The work is
+`dct_gen.sampling`; see docs/sampling.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Callable
 
-import numpy as np
+from absl import flags
 
-from dct_gen import pictures
-from dct_gen.sampling import *  # noqa: F403 (being split)
+from dct_gen import cli
+from dct_gen.errors import InputError, UsageError
 
-# ----------------------------------------------------------------------------------------------
-# The command line.
+GENERATE = "generate"  # no task word: plain sampling (the library's task name)
+TASKS = ("upsample", "colorize")  # the task words
+GENERATION_ONLY = ("label", "temperature", "top_p", "top_k")
+DEFAULT_NUM_SAMPLES = {GENERATE: 16, "upsample": 3, "colorize": 3}
 
-TASKS = ("generate", "upsample", "colorize")
+FLAGS = cli.flag_values()
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Run directory of dct_gen.train (its newest checkpoint that restores).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "saved_model", None, "SavedModel directory of dct_gen.export.", flag_values=FLAGS
+)
+flags.DEFINE_string("out", os.path.join("runs", "samples"), "Output directory.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "seed", 0, "Random seed (the same seed gives the same images).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_samples",
+    None,
+    "How many samples (default 16); upsample, colorize: per input image (default 3).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("label", -1, "Class label (-1: none).", flag_values=FLAGS)
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0).", flag_values=FLAGS)
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling (1: off).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "top_k", 0, "Top-k sampling (0: off; not in the SavedModel).", flag_values=FLAGS
+)
+flags.DEFINE_integer("batch_size", 16, "Samples drawn together.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer(
+    "max_chunks",
+    None,
+    "Chunk limit per sample (default: enough for the longest possible sequence).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool("jit", False, "Compile each chunk with XLA.", flag_values=FLAGS)
+flags.DEFINE_bool("quiet", False, "No progress lines (on stderr).", flag_values=FLAGS)
+
+
+def _task(args: list[str]) -> tuple[str, list[str]]:
+    """The task and its image paths from the positional arguments."""
+    if args and args[0] in TASKS:
+        task, paths = args[0], args[1:]
+        if not paths:
+            raise UsageError(f"{task} needs at least one IMAGE")
+        return task, paths
+    if args:
+        raise UsageError(f"unexpected arguments: {' '.join(args)} (tasks: {', '.join(TASKS)})")
+    return GENERATE, []
+
+
+def _check_flags(task: str) -> None:
+    if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
+        raise UsageError("give one of --model_dir and --saved_model")
+    if task != GENERATE:
+        for name in GENERATION_ONLY:
+            if FLAGS[name].present:
+                raise UsageError(f"--{name} applies to plain sampling, not to {task}")
+    if FLAGS.saved_model and FLAGS.top_k:
+        raise UsageError("--top_k: the SavedModel's sample signature has no top_k")
+
+
+def _read_inputs(paths: list[str]) -> list:
+    from dct_gen import images as images_lib
+
+    out = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such image file")
+        try:
+            out.append(images_lib.read_image(path))
+        except images_lib.ImageError as e:
+            message = str(e)
+            raise InputError(message if path in message else f"{path}: {message}") from None
+    return out
 
 
 def _progress(enabled: bool) -> Callable[[str], None] | None:
@@ -62,164 +122,77 @@ def _progress(enabled: bool) -> Callable[[str], None] | None:
     return report
 
 
-def build_parser(task: str) -> argparse.ArgumentParser:
-    usage = {
-        "generate": "python -m dct_gen.sample (--model_dir DIR | --saved_model DIR) [flags]",
-        "upsample": "python -m dct_gen.sample upsample IMAGE... (--model_dir | --saved_model) "
-        "[flags]",
-        "colorize": "python -m dct_gen.sample colorize IMAGE... (--model_dir | --saved_model) "
-        "[flags]",
-    }[task]
-    p = argparse.ArgumentParser(
-        prog="python -m dct_gen.sample",
-        usage=usage,
-        description="Sample images from a trained DCTransformer: unconditional or "
-        "class-conditional samples (default), `upsample IMAGE...` (B x upsampling, 8x at B = 8, "
-        "interleaved models) or `colorize IMAGE...` (luma_first models).",
-    )
-    if task != "generate":
-        p.add_argument("images", nargs="+", help="input image files")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model_dir", help="run directory of dct_gen.train (newest checkpoint)")
-    source.add_argument("--saved_model", help="SavedModel directory of dct_gen.export")
-    p.add_argument("--out", default=os.path.join("runs", "samples"), help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
-    if task == "generate":
-        p.add_argument("--num_samples", type=int, default=16, help="how many samples")
-        p.add_argument("--label", type=int, default=-1, help="class label (-1: none)")
-        p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-        p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (1: off)")
-        p.add_argument("--top_k", type=int, default=0, help="top-k sampling (0: off)")
-    else:
-        p.add_argument(
-            "--num_samples", type=int, default=3, help="samples per input image (default 3)"
-        )
-    p.add_argument("--batch_size", type=int, default=16, help="samples drawn together")
-    p.add_argument(
-        "--max_chunks",
-        type=int,
-        default=None,
-        help="chunk limit per sample (default: enough for the longest possible sequence)",
-    )
-    p.add_argument("--jit", action="store_true", help="compile each chunk with XLA")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    return p
-
-
-def _read_inputs(paths: list[str]) -> list[np.ndarray]:
-    from dct_gen import images as images_lib
-
-    out = []
-    for path in paths:
+def _source(sampling):
+    """The Sampler of --model_dir or the SavedModelSource of --saved_model, and the flag."""
+    if FLAGS.saved_model:
+        cli.existing_dir("saved_model", FLAGS.saved_model, "SavedModel directory")
         try:
-            out.append(images_lib.read_image(path))
-        except images_lib.ImageError as e:
-            message = str(e)
-            raise ValueError(message if path in message else f"{path}: {message}") from e
-    return out
+            return sampling.SavedModelSource(FLAGS.saved_model), "saved_model"
+        except InputError as e:
+            raise InputError(f"--saved_model: {e}") from None
+    from dct_gen import run_dir
 
-
-def _comparisons(task, inputs, samples, per_image, out_dir, panel=256) -> list[str]:
-    """One PNG per input: the input (enlarged), then its samples."""
-
-    written = []
-    images = samples.images()
-    fit = lambda image: np.asarray(pictures.panel(np.asarray(image, np.uint8), panel))
-    for i, image in enumerate(inputs):
-        row = [fit(image)] + [fit(im) for im in images[i * per_image : (i + 1) * per_image]]
-        path = os.path.join(out_dir, f"{task}_{i:03d}_comparison.png")
-        written.append(pictures.save_png(pictures.grid(row, columns=len(row)), path))
-    return written
-
-
-def run(argv: list[str]) -> dict:
-    """The command line's work; returns the files written (raises ValueError on bad input)."""
-    task = argv[0] if argv and argv[0] in TASKS[1:] else "generate"
-    args = build_parser(task).parse_args(argv[1:] if task != "generate" else argv)
-    for name in ("num_samples", "batch_size") + (("max_chunks",) if args.max_chunks else ()):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1")
-    progress = _progress(not args.quiet)
-    options_kw = {}
-    if task == "generate":
-        options_kw = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    cli.existing_dir("model_dir", FLAGS.model_dir, "run directory")
     try:
-        SampleOptions(**options_kw)
-    except ValueError as e:
-        raise ValueError(f"--{e}") from e  # the messages start with the option's name
-    inputs = _read_inputs(args.images) if task != "generate" else []
+        run = run_dir.load_run(FLAGS.model_dir, mixed_precision=False, log=lambda line: None)
+    except (run_dir.RunDirectoryError, ValueError) as e:
+        raise InputError(f"--model_dir: {e}") from None
+    return sampling.Sampler(run.model, run.model_config, jit_compile=FLAGS.jit), "model_dir"
 
-    if args.saved_model:
-        source = SavedModelSource(args.saved_model)
-        options = SampleOptions(**options_kw)
-        if task == "generate":
-            if args.top_k:
-                raise ValueError("--top_k: the SavedModel's sample signature has no top_k")
-            samples = source.sample(args.num_samples, args.label, options, args.seed, progress)
-        else:
-            samples = source.conditional(task, inputs, args.num_samples, args.seed, progress)
-    else:
-        from dct_gen import run_dir
 
-        run_ = run_dir.load_run(args.model_dir, mixed_precision=False, log=lambda line: None)
-        model, model_config = run_.model, run_.model_config
-        max_chunks = args.max_chunks or default_max_chunks(model_config)
-        options = SampleOptions(max_chunks=max_chunks, **options_kw)
-        sampler = Sampler(model, model_config, jit_compile=args.jit)
-        cfg = model_config.dct
-        common = dict(options=options, seed=args.seed, batch_size=args.batch_size)
-        if task == "generate":
-            samples = sample_batches(
-                sampler, args.num_samples, labels=args.label, progress=progress, **common
-            )
-        else:
-            make = upsampling_context if task == "upsample" else colorization_context
-            contexts = []
-            for path, image in zip(args.images, inputs):
-                try:
-                    ctx, _ = make(image, cfg)
-                except ValueError as e:
-                    raise ValueError(f"{path}: {e}") from e
-                contexts += [ctx] * args.num_samples
-            samples = sample_batches(
-                sampler,
-                len(contexts),
-                contexts=contexts,
-                context_is_base=task == "colorize",
-                progress=progress,
-                **common,
-            )
+def _main(args: list[str]) -> int:
+    task, paths = _task(args)
+    _check_flags(task)
+    num_samples = FLAGS.num_samples or DEFAULT_NUM_SAMPLES[task]
+
+    from dct_gen import sampling
+
+    draws = {}
+    if task == GENERATE:
+        draws = dict(temperature=FLAGS.temperature, top_p=FLAGS.top_p, top_k=FLAGS.top_k)
+    try:
+        sampling.SampleOptions(**draws)
+    except UsageError as e:
+        raise UsageError(f"--{e}") from None  # the messages start with the option's name
+    inputs = _read_inputs(paths)
+    source, flag = _source(sampling)
+    if isinstance(source, sampling.Sampler):
+        max_chunks = FLAGS.max_chunks or sampling.default_max_chunks(source.config)
+        draws["max_chunks"] = max_chunks
+    progress = _progress(not FLAGS.quiet)
+    try:
+        samples = sampling.sample_task(
+            source,
+            task,
+            num_samples=num_samples,
+            images=inputs,
+            label=FLAGS.label,
+            options=sampling.SampleOptions(**draws),
+            seed=FLAGS.seed,
+            batch_size=FLAGS.batch_size,
+            progress=progress,
+        )
+    except UsageError as e:
+        raise UsageError(f"--{e}") from None
+    except InputError as e:  # the model cannot do the task
+        raise InputError(f"--{flag} {FLAGS[flag].value}: {e}") from None
     if progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    prefix = "sample" if task == "generate" else task
-    files = write_samples(samples, args.out, prefix=prefix)
-    if task != "generate":
-        files["comparisons"] = _comparisons(task, inputs, samples, args.num_samples, args.out)
-    stopped = int(samples.finished.sum())
-    print(
-        json.dumps(
-            {
-                "task": task,
-                "out": args.out,
-                "samples": len(samples.sequences),
-                "stopped": stopped,
-                "seconds": round(samples.seconds, 2),
-                "grid": files["grid"][0],
-            }
-        ),
-        flush=True,
-    )
-    return files
+    files = sampling.write_task(samples, FLAGS.out, task, inputs)
+    summary = {
+        "task": task,
+        "out": FLAGS.out,
+        "samples": len(samples.sequences),
+        "stopped": int(samples.finished.sum()),
+        "seconds": round(samples.seconds, 2),
+        "grid": files["grid"][0],
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dct_gen.sample: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(_main, FLAGS, argv, prog="dct_gen.sample", doc=__doc__)
 
 
 if __name__ == "__main__":

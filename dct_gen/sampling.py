@@ -1,8 +1,9 @@
-"""Chunked autoregressive sampling with key/value caches (paper 3.3; DESIGN.md "Sampling").
+"""The sampling library: cached chunked decoding of a trained model, and the tasks on top of it.
 
-`Sampler(model, model_config)` walks the layers of a model built by `dct_gen.model.build_model`
-(weights shared, nothing copied) and samples sequences of (channel, position, value) triples
-chunk by chunk, exactly as the model was trained on them (`dct_gen.data`):
+`Sampler(model, model_config)` takes the layers of a model built by `dct_gen.model.build_model`
+(`model.model_layers`: weights shared, nothing copied) and samples sequences of (channel,
+position, value) triples chunk by chunk (paper 3.3), exactly as the model was trained on them
+(`dct_gen.data`):
 
 - chunk k of a sequence starts at element start = base + k * C (base: 0, or the number of luma
   elements for colorization, whose targets are the chroma part); its window is the O + C
@@ -12,21 +13,31 @@ chunk by chunk, exactly as the model was trained on them (`dct_gen.data`):
   of every decoder layer are computed once;
 - then, element by element, the channel decoder, the channel draw, the position decoder, the
   position draw, the value decoder and the value draw run in turn, each decoder over one new
-  element with a key/value cache of its self-attention layers (the cache holds the window);
+  element with a key/value cache of its self-attention layers (the cache holds the window;
+  `layers.TransformerStack.call_with_cache` runs a decoder on it);
 - elements that are already known (the overlap, or a task's context) are forced instead of
   drawn. When the whole overlap is known for every running image, it is pushed through the
   decoders in one parallel pass (the prefill) instead of element by element.
 
 Each image stops at its stop token while the others continue; sampling also stops after
-`max_chunks` chunks (the image is then a truncated, still decodable, prefix). The structural
-mask of the model is applied as in training, so sampled sequences are always valid triples.
-Draws use temperature, top-k and top-p (nucleus) filtering on each of the three distributions,
-with stateless random numbers keyed on (seed, chunk, element, component): the same seed gives
-the same sequences.
+`max_chunks` chunks from the image's first chunk with anything to draw (the image is then a
+truncated, still decodable, prefix). The structural mask of the model is applied as in
+training, so sampled sequences are always valid triples. Draws use temperature, top-k and top-p
+(nucleus) filtering on each of the three distributions, with stateless random numbers keyed on
+(seed, chunk, element, component): the same seed gives the same sequences.
 
 Everything runs in TensorFlow graphs with static shapes: `sample_chunk` is one tf.function
 per chunk (the Python driver `sample` loops over chunks, reporting progress, and stops early);
-`sample_graph` puts the chunk loop itself in the graph (the SavedModel export uses it).
+`sample_graph` puts the chunk loop itself in the graph (the SavedModel export uses it). Under
+mixed precision the decoders run in the model's compute dtype (bfloat16) and the logits in
+float32, as in training.
+
+The tasks: `sample_batches` (plain or class-conditional samples, or samples continuing given
+contexts), `upsampling_context` and `colorization_context` (the contexts of B x upsampling and
+colorization), `Samples` and `write_samples` (the files a sampling run writes),
+`SavedModelSource` (the same through an exported SavedModel's signatures), `sample_task` and
+`write_task` (a whole task in one call: `python -m dct_gen.sample` is these two), and
+`images_tf` / `extent_tf` (decoding sampled triples inside a graph, for the export).
 
 Shapes: b batch, N sequence buffer, W = O + C window, d hidden, h heads, k key size.
 """
@@ -36,9 +47,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
@@ -46,6 +57,7 @@ from PIL import Image
 from dct_gen import dct_ops, layers, pictures, sequence_file
 from dct_gen import model as model_lib
 from dct_gen import representation as rep
+from dct_gen.errors import InputError, UsageError
 from dct_gen.representation import DCTConfig
 
 
@@ -67,14 +79,15 @@ class SampleOptions:
     max_chunks: int = 64
 
     def __post_init__(self):
+        # The messages start with the option's name (the command line prefixes `--`).
         if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature}: must be > 0")
+            raise UsageError(f"temperature={self.temperature}: must be > 0")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+            raise UsageError(f"top_p={self.top_p}: must be in (0, 1]")
         if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 is off)")
+            raise UsageError(f"top_k={self.top_k}: must be >= 0 (0 is off)")
         if self.max_chunks < 1:
-            raise ValueError(f"max_chunks={self.max_chunks}: must be >= 1")
+            raise UsageError(f"max_chunks={self.max_chunks}: must be >= 1")
 
 
 def filter_logits(logits, temperature, top_p, top_k):
@@ -118,28 +131,6 @@ def _write(buffer, index, value, where):
     return tf.tensor_scatter_nd_update(buffer, idx, tf.where(where, value, old))
 
 
-def _write_cache(cache, update, offset, xla: bool = False):
-    """cache (b, h, W, k)[:, :, offset:offset + n] = update (b, n, h, k), transposed.
-
-    Outside XLA a strided-slice update (which writes into the cache's buffer when nothing else
-    holds it); under XLA, whose kernels lack that op, a dynamic-update-slice.
-    """
-    update = tf.transpose(update, [0, 2, 1, 3])
-    if xla:
-        from tensorflow.compiler.tf2xla.python import xla as xla_ops
-
-        zero = tf.zeros([], tf.int32)
-        return xla_ops.dynamic_update_slice(
-            cache, update, tf.stack([zero, zero, tf.cast(offset, tf.int32), zero])
-        )
-    n = tf.shape(update)[2]
-    begin = tf.stack([0, 0, offset, 0])
-    end = tf.stack([tf.shape(cache)[0], tf.shape(cache)[1], offset + n, tf.shape(cache)[3]])
-    return tf.raw_ops.TensorStridedSliceUpdate(
-        input=cache, begin=begin, end=end, strides=tf.ones([4], tf.int32), value=update
-    )
-
-
 class Sampler:
     """Samples from a DCTransformer functional model with cached decoding.
 
@@ -149,26 +140,22 @@ class Sampler:
       jit_compile: compile each chunk with XLA.
     """
 
-    DECODERS = ("channel", "position", "value")
+    DECODERS = model_lib.COMPONENTS
 
     def __init__(self, model, model_config: model_lib.ModelConfig, jit_compile: bool = False):
         self.model = model
         self.config = model_config
         self.dct: DCTConfig = model_config.dct
         self.window = model_config.window
-        get = model.get_layer
-        self.image_embedding = get("dct_image_embedding")
-        self.label_embedding = get("label_embedding") if model_config.num_classes else None
-        self.encoder = get("encoder")
-        self.embeddings = {
-            "channel": get("channel_embedding"),
-            "position": get("position_embedding"),
-            "value": get("value_embedding"),
-        }
-        self.start_vector = get("shift_right").start
-        self.chunk_table = get("chunk_position_embedding").table
-        self.stacks = {name: get(f"{name}_decoder") for name in self.DECODERS}
-        self.heads = {name: get(f"{name}_head") for name in self.DECODERS}
+        parts = model_lib.model_layers(model)
+        self.image_embedding = parts.image_embedding
+        self.label_embedding = parts.label_embedding
+        self.encoder = parts.encoder
+        self.embeddings = parts.embeddings
+        self.start_vector = parts.start
+        self.chunk_table = parts.chunk_positions
+        self.stacks = parts.decoders
+        self.heads = parts.heads
         self.tables = (
             model_lib.structural_tables(self.dct) if model_config.structural_mask else None
         )
@@ -179,85 +166,41 @@ class Sampler:
         self.jit_compile = bool(jit_compile)
         self.sample_chunk = tf.function(self._chunk, jit_compile=self.jit_compile)
 
-    def _precision(self):
-        """Under mixed precision, the scope in which Keras layers cast their float32 variables
-        to the compute dtype (the sampler calls sublayer methods directly)."""
-        return keras.src.backend.AutocastScope(self.dtype)
-
     # ------------------------------------------------------------------------------------------
     # Encoder and decoders, one block of elements at a time.
 
     def encode(self, dct_image, label):
-        """The encoder once per chunk: memory (b, S, d) and each decoder's cross keys/values."""
+        """The encoder once per chunk: memory (b, S, d), each decoder's cross-attention keys and
+        values (`TransformerStack.project_cross`) and the label vector (b, 1, d) or None."""
         x = self.image_embedding(dct_image)
         label_vector = None
         if self.label_embedding is not None:
             label_vector = self.label_embedding(label)  # (b, 1, d)
             x = x + tf.cast(label_vector, x.dtype)
         memory = self.encoder(x)
-        cross = {}
-        for name, stack in self.stacks.items():
-            # Heads first, once per chunk, so that no element step transposes them.
-            cross[name] = [
-                tuple(tf.transpose(t, [0, 2, 1, 3]) for t in layer.project_memory(memory))
-                for block in stack.blocks
-                for kind, layer in block.branches
-                if kind == "cross"
-            ]
+        cross = {name: stack.project_cross(memory) for name, stack in self.stacks.items()}
         return memory, cross, label_vector
 
     def empty_caches(self, batch):
-        """Zeroed self-attention caches: per decoder, a (keys, values) pair per layer, each
-        (b, h, W, k): heads first, so that attention reads them without a transpose."""
-        caches = {}
-        for name, stack in self.stacks.items():
-            caches[name] = []
-            for block in stack.blocks:
-                for kind, layer in block.branches:
-                    if kind == "self":
-                        shape = [batch, layer.num_heads, self.window, layer.key_size]
-                        caches[name].append(
-                            (tf.zeros(shape, self.dtype), tf.zeros(shape, self.dtype))
-                        )
-        return caches
+        """Zeroed self-attention caches of the window: per decoder, its stack's
+        `empty_cache(batch, W)`."""
+        return {name: stack.empty_cache(batch, self.window) for name, stack in self.stacks.items()}
 
     def decode(self, name, x, caches, cross, offset):
         """Decoder `name` over the elements at window indices [offset, offset + n).
 
-        x (b, n, d): their inputs. The self-attention keys and values of these elements are
-        written into `caches` (a list of (keys, values), returned updated) and attention sees
-        the cache up to each element's own index.
+        x (b, n, d): their inputs; caches, cross: that decoder's cache and cross-attention keys
+        and values. Returns the outputs (b, n, d) and the updated cache
+        (`layers.TransformerStack.call_with_cache`).
         """
-        stack = self.stacks[name]
-        x = tf.cast(x, self.dtype)
-        new_caches, self_index, cross_index = [], 0, 0
-        for block in stack.blocks:
-            for i, (norm, (kind, layer)) in enumerate(zip(block.norms, block.branches)):
-                y = norm(x)
-                if kind == "self":
-                    keys, values = layer.project_memory(y)
-                    cached_keys, cached_values = caches[self_index]
-                    cached_keys = _write_cache(cached_keys, keys, offset, self.jit_compile)
-                    cached_values = _write_cache(cached_values, values, offset, self.jit_compile)
-                    new_caches.append((cached_keys, cached_values))
-                    self_index += 1
-                    y = layer.attend(
-                        y, cached_keys, cached_values, query_offset=offset, heads_first=True
-                    )
-                elif kind == "cross":
-                    keys, values = cross[cross_index]
-                    cross_index += 1
-                    y = layer.attend(y, keys, values, heads_first=True)
-                else:
-                    y = layer(y)
-                x = x + tf.cast(block.rezero[i], x.dtype) * y
-        if stack.final_norm:
-            x = stack.norm(x)
-        return x, new_caches
+        return self.stacks[name].call_with_cache(
+            x, caches, cross, offset, jit_compile=self.jit_compile
+        )
 
-    def _channel_input(self, prev, offset, n, label_vector):
-        """E_channel for window indices [offset, offset + n): prev (c, p, v), each (b, n), the
-        previous element's triple (ignored at index 0, which gets the start vector)."""
+    def channel_input(self, prev, offset, n, label_vector):
+        """E_channel (eq. 4) for window indices [offset, offset + n): prev (c, p, v), each
+        (b, n), the previous element's triple (ignored at index 0, which gets the start
+        vector)."""
         e = sum(self.embeddings[k](t) for k, t in zip(self.DECODERS, prev))
         e = tf.cast(e, self.dtype)
         index = offset + tf.range(n)
@@ -268,16 +211,22 @@ class Sampler:
             e = e + tf.cast(label_vector, self.dtype)
         return e
 
-    def _position_input(self, h_channel, channel):
+    def position_input(self, h_channel, channel):
+        """E_position (eq. 6): the channel decoder's output plus the element's channel (b, n)."""
         return h_channel + tf.cast(self.embeddings["channel"](channel), self.dtype)
 
-    def _value_input(self, h_position, memory, position):
+    def value_input(self, h_position, memory, position):
+        """E_value (eq. 8): the position decoder's output plus the encoder token at the
+        element's position (b, n) and that position's embedding."""
         cells = layers.encoder_cell(position, self.dct.grid, self.config.stride)
         gathered = tf.gather(memory, cells, batch_dims=1)
         p = self.embeddings["position"](position)
         return h_position + tf.cast(gathered, self.dtype) + tf.cast(p, self.dtype)
 
-    def _mask(self, name, logits, channel, prev_channel, prev_position):
+    def mask_logits(self, name, logits, channel, prev_channel, prev_position):
+        """The structural mask of decoder `name` on its (b, vocab) logits, given the element's
+        channel (position and value), and the previous element's channel and position (-1:
+        none); the logits unchanged when the model has no structural mask."""
         if self.tables is None:
             return logits
         if name == "channel":
@@ -295,14 +244,14 @@ class Sampler:
         prev = [tf.pad(t[:, :-1], [[0, 0], [1, 0]]) for t in (c, p, v)]
         caches = dict(caches)
         h, caches["channel"] = self.decode(
-            "channel", self._channel_input(prev, 0, n, label_vector), caches["channel"],
+            "channel", self.channel_input(prev, 0, n, label_vector), caches["channel"],
             cross["channel"], 0,
         )  # fmt: skip
         h, caches["position"] = self.decode(
-            "position", self._position_input(h, c), caches["position"], cross["position"], 0
+            "position", self.position_input(h, c), caches["position"], cross["position"], 0
         )
         _, caches["value"] = self.decode(
-            "value", self._value_input(h, memory, p), caches["value"], cross["value"], 0
+            "value", self.value_input(h, memory, p), caches["value"], cross["value"], 0
         )
         return caches
 
@@ -319,21 +268,21 @@ class Sampler:
         caches = dict(caches)
         prev_c = tf.where(j > 0, prev[0], -1)
         prev_p = tf.where(j > 0, prev[1], -1)
-        x = self._channel_input([t[:, None] for t in prev], j, 1, label_vector)
+        x = self.channel_input([t[:, None] for t in prev], j, 1, label_vector)
         h, caches["channel"] = self.decode("channel", x, caches["channel"], cross["channel"], j)
-        logits_c = self._mask("channel", self.heads["channel"](h)[:, 0], None, prev_c, prev_p)
+        logits_c = self.mask_logits("channel", self.heads["channel"](h)[:, 0], None, prev_c, prev_p)
         if min_rank is not None:
             logits_c = model_lib.apply_mask(logits_c, self.rank[None, :] >= min_rank[:, None])
         c = tf.where(known, forced[0], draw("channel", logits_c))
 
-        x = self._position_input(h, c[:, None])
+        x = self.position_input(h, c[:, None])
         h, caches["position"] = self.decode("position", x, caches["position"], cross["position"], j)
-        logits_p = self._mask("position", self.heads["position"](h)[:, 0], c, prev_c, prev_p)
+        logits_p = self.mask_logits("position", self.heads["position"](h)[:, 0], c, prev_c, prev_p)
         p = tf.where(known, forced[1], draw("position", logits_p))
 
-        x = self._value_input(h, memory, p[:, None])
+        x = self.value_input(h, memory, p[:, None])
         h, caches["value"] = self.decode("value", x, caches["value"], cross["value"], j)
-        logits_v = self._mask("value", self.heads["value"](h)[:, 0], c, prev_c, prev_p)
+        logits_v = self.mask_logits("value", self.heads["value"](h)[:, 0], c, prev_c, prev_p)
         v = tf.where(known, forced[2], draw("value", logits_v) - self.dct.clip)
         return (c, p, v), (logits_c, logits_p, logits_v), caches
 
@@ -341,17 +290,14 @@ class Sampler:
     # One chunk.
 
     def _chunk(self, state: dict, chunk, seed, temperature, top_p, top_k):
-        with self._precision():
-            return self._chunk_body(state, chunk, seed, temperature, top_p, top_k)
-
-    def _chunk_body(self, state: dict, chunk, seed, temperature, top_p, top_k):
         """Samples chunk `chunk` (scalar int32) of every running image; returns the new state.
 
         state: channels, positions, values (b, N) int32, the sequence buffers; known (b,) how
         many leading elements are fixed (context and what earlier chunks drew); base (b,) where
         chunk 0 starts; done (b,) bool, stopped; length (b,) triples before the stop token (or
         known, while running); label (b,); min_rank (b,) the lowest channel rank a draw may
-        take; steps (), element steps run so far.
+        take; last_chunk (b,) the last chunk each image may sample (its chunk limit); steps (),
+        element steps run so far.
         """
         cfg, c_size, overlap, w = self.dct, self.config.chunk_size, self.config.overlap, self.window
         buffers = [state["channels"], state["positions"], state["values"]]
@@ -360,7 +306,7 @@ class Sampler:
         start = base + chunk * c_size
         first = tf.maximum(start - overlap, 0)
         end = tf.minimum(start + c_size, n_buffer)
-        running = ~done & (start < n_buffer)
+        running = ~done & (start < n_buffer) & (chunk <= state["last_chunk"])
 
         dct_image = dct_ops.dct_image_from_triples(*buffers, cfg, num_triples=start)
         memory, cross, label_vector = self.encode(dct_image, state["label"])
@@ -411,7 +357,8 @@ class Sampler:
             write = act & ~is_known
             window = [_write(t, column, x, write) for t, x in zip(window, triple)]
             stopped = act & (triple[0] == cfg.stop_token)
-            length = tf.where(stopped, i, tf.where(act, i + 1, length))
+            # Forced elements never shorten the sequence below what is known.
+            length = tf.where(stopped, i, tf.where(act, tf.maximum(length, i + 1), length))
             return j + 1, window, caches, done | stopped, length, steps + 1
 
         j_end, window, _, now_done, length, steps = tf.while_loop(
@@ -474,13 +421,24 @@ class Sampler:
             "length": known,
             "label": tf.reshape(label, [batch]),
             "min_rank": tf.fill([batch], tf.cast(0 if min_rank is None else min_rank, tf.int32)),
+            "last_chunk": tf.fill([batch], tf.int32.max),  # no limit; `sample` sets it
             "steps": tf.constant(0),
         }
 
+    def first_chunks(self, state):
+        """Each image's first chunk with anything to draw (b,): chunks wholly inside its context
+        are skipped."""
+        return (state["known"] - state["base"]) // self.config.chunk_size
+
     def first_chunk(self, state) -> int:
-        """The first chunk with anything to draw: chunks wholly inside the context are skipped."""
-        c = self.config.chunk_size
-        return int(tf.reduce_min((state["known"] - state["base"]) // c).numpy())
+        """The first chunk of the batch with anything to draw."""
+        return int(tf.reduce_min(self.first_chunks(state)).numpy())
+
+    def with_limit(self, state, max_chunks):
+        """The state with each image's chunk limit: max_chunks from its own first chunk (images
+        whose contexts differ in length start at different chunks)."""
+        last = self.first_chunks(state) + tf.cast(max_chunks, tf.int32) - 1
+        return dict(state, last_chunk=last)
 
     def sample(
         self,
@@ -489,18 +447,20 @@ class Sampler:
         seed: int,
         progress: Callable[[int, int, dict], None] | None = None,
     ) -> dict:
-        """Runs chunks until every image stops or the chunk limit; returns the final state.
+        """Runs chunks until every image stops or reaches its chunk limit (options.max_chunks
+        chunks from its first chunk); returns the final state.
 
         progress(chunk, last_chunk, state) is called after each chunk.
         """
         k0 = self.first_chunk(state)
+        state = self.with_limit(state, options.max_chunks)
+        last = int(tf.reduce_max(state["last_chunk"]).numpy())
         seed = tf.constant([seed, 0], tf.int64)
         args = (
             tf.constant(options.temperature, tf.float32),
             tf.constant(options.top_p, tf.float32),
             tf.constant(options.top_k, tf.int32),
         )
-        last = k0 + options.max_chunks - 1
         for k in range(k0, last + 1):
             state = self.sample_chunk(state, tf.constant(k, tf.int32), seed, *args)
             if progress is not None:
@@ -511,9 +471,9 @@ class Sampler:
 
     def sample_graph(self, state, max_chunks, seed, temperature, top_p, top_k):
         """The chunk loop inside the graph (for export): tensors in, final state out."""
-        c = self.config.chunk_size
-        k0 = tf.reduce_min((state["known"] - state["base"]) // c)
-        last = k0 + tf.cast(max_chunks, tf.int32)
+        k0 = tf.reduce_min(self.first_chunks(state))
+        state = self.with_limit(state, max_chunks)
+        last = tf.reduce_max(state["last_chunk"]) + 1
 
         def cond(k, state):
             return (k < last) & ~tf.reduce_all(state["done"])
@@ -535,10 +495,6 @@ class Sampler:
         label, indices). Returns {"channel", "position", "value"}: (b, W, vocab) float32, to
         compare with `model.forward` where the window holds real elements.
         """
-        with self._precision():
-            return self._cached_logits(batch, prefill)
-
-    def _cached_logits(self, batch: dict, prefill: bool):
         triples = [tf.cast(batch[k], tf.int32) for k in ("channels", "positions", "values")]
         b = tf.shape(triples[0])[0]
         label = batch.get("label", tf.fill([b], -1))
@@ -610,6 +566,14 @@ class Samples:
         return self._images
 
 
+def check_label(label: int, num_classes: int | None) -> None:
+    """Raises UsageError unless the model has the class label (-1, none, always fits)."""
+    if num_classes and not -1 <= label < num_classes:
+        raise UsageError(f"label={label}: out of range [-1, {num_classes})")
+    if not num_classes and label != -1:
+        raise UsageError(f"label={label}: this model is unconditional (num_classes is not set)")
+
+
 def upsampling_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequence, np.ndarray]:
     """The context of B x upsampling (8x at B = 8) from a low-resolution RGB image.
 
@@ -621,7 +585,7 @@ def upsampling_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequen
     context. Returns the context (with size H x W) and the low-resolution image used.
     """
     if cfg.ordering != "interleaved":
-        raise ValueError(
+        raise InputError(
             f"upsampling needs an interleaved model (Y0, Cb0, Cr0 first); this one is "
             f"{cfg.ordering}"
         )
@@ -648,7 +612,7 @@ def colorization_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequ
     the resized image's size) and the grey image used (resized).
     """
     if cfg.ordering != "luma_first":
-        raise ValueError(
+        raise InputError(
             f"colorization needs a luma_first model (trained with target_part='chroma'); this "
             f"one is {cfg.ordering}"
         )
@@ -682,21 +646,18 @@ def sample_batches(
     sample, kept exactly as the first triples. context_is_base: colorization: chunk 0 starts
     after the context (the model was trained on chroma chunks after all luma) and only chroma
     channels are drawn.
-    """
-    import time
 
+    Raises:
+      UsageError: num_samples or batch_size below 1, a label the model does not have.
+    """
     cfg, cmodel = sampler.dct, sampler.config
     if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples}: must be >= 1")
+        raise UsageError(f"num_samples={num_samples}: must be >= 1")
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        raise UsageError(f"batch_size={batch_size}: must be >= 1")
     labels = np.broadcast_to(np.asarray(-1 if labels is None else labels, np.int32), num_samples)
-    if cmodel.num_classes:
-        bad = labels[(labels < -1) | (labels >= cmodel.num_classes)]
-        if bad.size:
-            raise ValueError(f"label {bad[0]} is out of range [-1, {cmodel.num_classes})")
-    elif np.any(labels != -1):
-        raise ValueError("label: this model is unconditional (num_classes is not set)")
+    for label in np.unique(labels):
+        check_label(int(label), cmodel.num_classes)
     if contexts is not None and len(contexts) != num_samples:
         raise ValueError(f"{len(contexts)} contexts for {num_samples} samples")
     out_seqs, finished, ctx_lengths = [], [], []
@@ -852,11 +813,15 @@ def write_samples(
 
 
 class SavedModelSource:
-    """Sampling through an exported SavedModel's signatures (`dct_gen.export`)."""
+    """Sampling through an exported SavedModel's signatures (`dct_gen.export`).
+
+    Raises:
+      InputError: path is not a SavedModel directory (the message names it).
+    """
 
     def __init__(self, path: str):
         if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-            raise FileNotFoundError(f"--saved_model {path}: no saved_model.pb there")
+            raise InputError(f"{path}: not a SavedModel directory (no saved_model.pb there)")
         self.loaded = tf.saved_model.load(path)
         raw = json.loads(self.loaded.config_json.numpy())
         self.cfg = DCTConfig.from_dict(raw["model_config"]["dct"])
@@ -902,7 +867,7 @@ class SavedModelSource:
 
     def conditional(self, task: str, images, per_image: int, seed: int, progress=None):
         if task not in self.signatures:
-            raise ValueError(
+            raise InputError(
                 f"this SavedModel has no {task} signature (it has {sorted(self.signatures)})"
             )
         outputs, ctx = [], []
@@ -918,3 +883,97 @@ class SavedModelSource:
                 progress(f"{task}: image {i + 1} of {len(images)} done")
         n = len(outputs)
         return self._samples(outputs, np.full(n, -1, np.int32), np.array(ctx, np.int32))
+
+
+# ----------------------------------------------------------------------------------------------
+# A task in one call (the command line, the demo).
+
+TASKS = ("generate", "upsample", "colorize")
+
+
+def sample_task(
+    source: Sampler | SavedModelSource,
+    task: str = "generate",
+    *,
+    num_samples: int,
+    images: Sequence[np.ndarray] = (),
+    label: int = -1,
+    options: SampleOptions | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> Samples:
+    """The samples of one task, from a trained model's Sampler or from a SavedModel.
+
+    Args:
+      source: a Sampler, or a SavedModelSource (which draws through the export's signatures).
+      task: "generate" (plain or class-conditional samples), "upsample" (B x upsampling of
+        each image, `upsampling_context`) or "colorize" (`colorization_context`).
+      num_samples: generate: how many; a task: how many per image.
+      images: the task's input images (uint8 RGB or grey arrays); none for generate.
+      label: the class label of generated samples (-1: none).
+      options: how draws are made (None: the defaults, with a chunk limit long enough for any
+        image). A SavedModel's task signatures take none of them, its sample signature
+        temperature and top_p only.
+      seed: the same seed gives the same samples.
+      batch_size: samples drawn together (a Sampler).
+      progress: called with one line per chunk (a Sampler) or per call (a SavedModel).
+
+    Raises:
+      UsageError: a bad argument; the message starts with its name.
+      InputError: the model cannot do the task (upsampling needs an interleaved model,
+        colorization a luma_first one; a SavedModel without the task's signature).
+    """
+    if task not in TASKS:
+        raise UsageError(f"task={task!r}: one of {', '.join(TASKS)}")
+    if (task == "generate") == bool(len(images)):
+        raise UsageError(f"images: {task} takes {'none' if task == 'generate' else 'some'}")
+    if task != "generate" and label != -1:
+        raise UsageError(f"label={label}: applies to generate only")
+    if num_samples < 1:
+        raise UsageError(f"num_samples={num_samples}: must be >= 1")
+    if isinstance(source, SavedModelSource):
+        options = options or SampleOptions()
+        if task != "generate":
+            return source.conditional(task, images, num_samples, seed, progress)
+        if options.top_k:
+            raise UsageError(f"top_k={options.top_k}: the SavedModel's sample signature has none")
+        check_label(label, source.num_classes)
+        return source.sample(num_samples, label, options, seed, progress)
+    options = options or SampleOptions(max_chunks=default_max_chunks(source.config))
+    common = dict(options=options, seed=seed, batch_size=batch_size, progress=progress)
+    if task == "generate":
+        return sample_batches(source, num_samples, labels=label, **common)
+    make = upsampling_context if task == "upsample" else colorization_context
+    contexts = [make(image, source.dct)[0] for image in images]
+    return sample_batches(
+        source,
+        len(contexts) * num_samples,
+        contexts=[c for c in contexts for _ in range(num_samples)],
+        context_is_base=task == "colorize",
+        **common,
+    )
+
+
+def write_task(
+    samples: Samples,
+    out_dir: str,
+    task: str = "generate",
+    images: Sequence[np.ndarray] = (),
+    panel: int = 256,
+) -> dict[str, list[str]]:
+    """`write_samples` with the task's name as the prefix ("sample" for generate) and, for a
+    task, one TASK_NNN_comparison.png per input image: the image (enlarged), then its samples
+    (`sample_task` keeps each image's samples together). Returns the files by kind."""
+    files = write_samples(samples, out_dir, prefix="sample" if task == "generate" else task)
+    if task == "generate" or not len(images):
+        return files
+    per_image = len(samples.sequences) // len(images)
+    decoded = samples.images()
+    fit = lambda image: np.asarray(pictures.panel(np.asarray(image, np.uint8), panel))
+    files["comparisons"] = []
+    for i, image in enumerate(images):
+        row = [fit(image)] + [fit(im) for im in decoded[i * per_image : (i + 1) * per_image]]
+        path = os.path.join(out_dir, f"{task}_{i:03d}_comparison.png")
+        files["comparisons"].append(pictures.save_png(pictures.grid(row, columns=len(row)), path))
+    return files

@@ -1,5 +1,7 @@
 """The DCTransformer model: shapes, causality, serialization, mixed precision, the structural
-mask and the loss, on small configs and on windows cut from real photos."""
+mask and the loss, on small configs and on windows cut from real photos; cached decoding of a
+PAR block and a decoder stack (`call_with_cache` step by step equals `call`) and the layers
+`model_layers` hands to it."""
 
 import math
 
@@ -427,3 +429,93 @@ def test_flops_per_token_scales_with_the_model():
     assert flops > 6 * model_lib.count_parameters(small) * 0.5
     wider = small_config(hidden_size=64)
     assert model_lib.flops_per_token(wider) > 2 * flops
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached decoding: call_with_cache, a few elements at a time, equals call on the whole window.
+
+
+def _decoder_inputs(t=7, s=5, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(2, t, d)), tf.float32)
+    memory = tf.constant(rng.normal(size=(2, s, d)), tf.float32)
+    return x, memory
+
+
+def _nonzero_rezero(blocks, seed=0):
+    for block in blocks:
+        block.rezero.assign(np.random.default_rng(seed).uniform(0.5, 1.0, block.rezero.shape))
+
+
+def _step_by_step(layer, x, cross, cache, jit_compile, prefill=3):
+    """The first `prefill` rows at once, then one row at a time (indices as tensors)."""
+    t = x.shape[1]
+    out, cache = layer.call_with_cache(x[:, :prefill], cache, cross, 0, jit_compile=jit_compile)
+    outs = [out]
+    for j in range(prefill, t):
+        index = tf.constant(j)
+        out, cache = layer.call_with_cache(
+            x[:, j : j + 1], cache, cross, index, jit_compile=jit_compile
+        )
+        outs.append(out)
+    return tf.concat(outs, axis=1), cache
+
+
+# XLA: about 20 s of compiling (the default suite's XLA sampler test covers that path too).
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_decoder_stack_with_cache_equals_its_call(jit_compile):
+    keras.utils.set_random_seed(3)
+    x, memory = _decoder_inputs()
+    stack = layers.TransformerStack(
+        32, 2, 16, 64, layer_spec=[(1, 1), (2, 0)], decoder=True, final_norm=True
+    )
+    stack.build(x.shape, memory.shape)
+    _nonzero_rezero(stack.blocks)
+    full = stack(x, memory)
+
+    def cached(x, memory):
+        cross = stack.project_cross(memory)
+        return _step_by_step(stack, x, cross, stack.empty_cache(2, x.shape[1]), jit_compile)
+
+    # Eagerly, or compiled with XLA (where the cache update is another op).
+    run = tf.function(cached, jit_compile=True) if jit_compile else cached
+    out, cache = run(x, memory)
+    np.testing.assert_allclose(out.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+    # One (keys, values) pair per self-attention sublayer of each block, the window filled.
+    assert [len(block_cache) for block_cache in cache] == [1, 2]
+    keys, _ = cache[1][1]
+    assert keys.shape == (2, 2, x.shape[1], 16)
+    assert np.abs(keys.numpy()).max(axis=(0, 1, 3)).min() > 0  # every position written
+
+    encoder = layers.TransformerStack(32, 2, 16, 64, layer_spec=[(1, 1)])
+    with pytest.raises(ValueError, match="decoder"):
+        encoder.call_with_cache(x, [], [], 0)
+
+
+def test_a_par_block_with_cache_equals_its_call():
+    keras.utils.set_random_seed(4)
+    x, memory = _decoder_inputs(seed=1)
+    block = layers.PARBlock(
+        32, 2, 16, 64, num_attention=2, num_dense=1, causal=True, cross_attention=True
+    )
+    block.build(x.shape, memory.shape)
+    _nonzero_rezero([block], seed=1)
+    full = block(x, memory)
+    cross = block.project_cross(memory)
+    assert len(cross) == 2 and cross[0][0].shape == (2, 2, memory.shape[1], 16)
+    out, _ = _step_by_step(block, x, cross, block.empty_cache(2, x.shape[1]), False, prefill=1)
+    np.testing.assert_allclose(out.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_model_layers_are_the_models_own():
+    config = small_config(num_classes=3)
+    model = build(config)
+    parts = model_lib.model_layers(model)
+    assert parts.encoder is model.get_layer("encoder")
+    for name in model_lib.COMPONENTS:
+        assert parts.decoders[name] is model.get_layer(f"{name}_decoder")
+        assert parts.heads[name] is model.get_layer(f"{name}_head")
+        assert parts.embeddings[name] is model.get_layer(f"{name}_embedding")
+    assert parts.label_embedding is model.get_layer("label_embedding")
+    assert parts.chunk_positions.shape == (config.window, config.hidden_size)
+    assert model_lib.model_layers(build(small_config())).label_embedding is None

@@ -1,6 +1,9 @@
-"""The sampler: cached decoding equals the full forward pass, the stop token and the chunk limit
-stop sampling, samples are valid and seeded, upsampling and colorization keep their context,
-top-k/top-p filtering, in-graph decoding, and the command line on a trained run."""
+"""The sampler: cached decoding equals the full forward pass (also under mixed precision), the
+stop token and the chunk limit stop sampling (each image's limit counted from its own first
+chunk), samples are valid and seeded, upsampling and colorization keep their context, a task in
+one call and its files, top-k/top-p filtering, in-graph decoding and the in-graph chunk loop,
+and the command line: on a trained run (its files, the same seed giving the same bytes) and one
+error line with the right exit status for each kind of bad flag or input."""
 
 import dataclasses
 import json
@@ -10,11 +13,71 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_model import build, real_window, small_config, stack_windows
 
+from dct_gen import layers, photos, pictures, sample, sampling
 from dct_gen import model as model_lib
-from dct_gen import pictures, sample
 from dct_gen import representation as rep
+from dct_gen.errors import InputError, UsageError
+
+
+def small_config(num_classes=None, **kwargs):
+    """A model small enough to sample in seconds: 32 px, B = 4, chunk 12 + overlap 4."""
+    settings = dict(
+        hidden_size=32,
+        num_heads=2,
+        key_size=16,
+        ffn_multiplier=2,
+        value_dim=2,
+        encoder_spec=((1, 1),),
+        channel_spec=((1, 1),),
+        position_spec=((1, 2),),
+        value_spec=((1, 1), (1, 1)),
+        kernel_size=4,
+        stride=2,
+        chunk_size=12,
+        overlap=4,
+        dropout=0.0,
+    )
+    settings.update(kwargs)
+    dct = rep.DCTConfig(block_size=4, quality=75, resolution=32, clip=60)
+    return model_lib.ModelConfig(dct=dct, num_classes=num_classes, **settings)
+
+
+def build(config, seed=0):
+    """A model whose ReZero scalars are non-zero (at zero every block is the identity, and
+    cached decoding would match the forward pass for the wrong reason)."""
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build_model(config)
+    for stack in model.layers:
+        if isinstance(stack, layers.TransformerStack):
+            for block in stack.blocks:
+                block.rezero.assign(
+                    np.random.default_rng(seed).uniform(0.5, 1.0, block.rezero.shape)
+                )
+    return model
+
+
+def real_window(seq, cfg, start, chunk_size, overlap):
+    """One example as dct_gen.data cuts it: the window, its mask and the DCT image before it."""
+    channels = np.append(seq.channels, cfg.stop_token)
+    positions = np.append(seq.positions, 0)
+    values = np.append(seq.values, 0)
+    first = max(start - overlap, 0)
+    idx = first + np.arange(chunk_size + overlap)
+    real = idx < min(start + chunk_size, channels.size)
+    safe = np.where(real, idx, 0)
+    return {
+        "channels": np.where(real, channels[safe], 0).astype(np.int32),
+        "positions": np.where(real, positions[safe], 0).astype(np.int32),
+        "values": np.where(real, values[safe], 0).astype(np.int32),
+        "mask": real.astype(np.float32),
+        "dct_image": rep.dct_image(seq, cfg, num_triples=start).astype(np.int32),
+        "label": np.int32(-1),
+    }
+
+
+def stack_windows(windows):
+    return {k: np.stack([w[k] for w in windows]) for k in windows[0]}
 
 
 def _with_ordering(config, ordering):
@@ -28,7 +91,7 @@ def _bias_stop(model, config, bias):
     (the same channel again, else the next), so that sequences grow long instead of jumping to
     the last channels, where the mask forces the stop token.
     """
-    dense = model.get_layer("channel_head").logits
+    dense = model_lib.model_layers(model).heads["channel"].logits
     rank = model_lib.structural_tables(config.dct).rank
     b = np.zeros(dense.bias.shape, np.float32) if bias > 0 else -3.0 * rank.astype(np.float32)
     b[config.dct.stop_token] = bias
@@ -58,7 +121,7 @@ def test_cached_decoding_equals_the_full_forward_pass(photo_sequences, num_class
     batch = stack_windows(windows)
     batch["label"] = (np.arange(len(windows)) % 4 - 1).astype(np.int32)
     full = model_lib.forward(model, batch)
-    cached, j0 = sample.Sampler(model, config).cached_logits(batch, prefill=prefill)
+    cached, j0 = sampling.Sampler(model, config).cached_logits(batch, prefill=prefill)
     assert j0 == (config.overlap if prefill else 0)
     real = batch["mask"][:, j0:] > 0
     assert real.sum() > 40
@@ -72,8 +135,8 @@ def test_a_model_that_only_stops_stops_after_one_step():
     config = small_config()
     model = build(config)
     _bias_stop(model, config, 50.0)
-    sampler = sample.Sampler(model, config)
-    state = sampler.sample(sampler.initial_state(3, 100), sample.SampleOptions(), seed=0)
+    sampler = sampling.Sampler(model, config)
+    state = sampler.sample(sampler.initial_state(3, 100), sampling.SampleOptions(), seed=0)
     assert int(state["steps"]) == 1
     np.testing.assert_array_equal(state["length"], 0)
     assert np.all(state["done"])
@@ -92,8 +155,8 @@ def test_samples_are_valid_seeded_and_cut_at_the_chunk_limit():
     config = small_config()
     model = build(config, seed=1)
     _bias_stop(model, config, -1000.0)  # never stops by itself
-    sampler = sample.Sampler(model, config)
-    options = sample.SampleOptions(max_chunks=3)
+    sampler = sampling.Sampler(model, config)
+    options = sampling.SampleOptions(max_chunks=3)
 
     def run(seed):
         state = sampler.initial_state(4, 3 * config.chunk_size)
@@ -113,9 +176,9 @@ def test_each_image_stops_on_its_own():
     config = small_config()
     model = build(config, seed=2)
     _bias_stop(model, config, -4.0)  # stops now and then
-    sampler = sample.Sampler(model, config)
+    sampler = sampling.Sampler(model, config)
     state = sampler.sample(
-        sampler.initial_state(6, 400), sample.SampleOptions(max_chunks=30), seed=3
+        sampler.initial_state(6, 400), sampling.SampleOptions(max_chunks=30), seed=3
     )
     lengths = _valid(state, config)
     assert np.all(state["done"])
@@ -128,21 +191,36 @@ def test_each_image_stops_on_its_own():
     assert int(state["steps"]) <= lengths.max() + 1
 
 
+@pytest.mark.slow  # traces the chunk twice: about 40 s
+def test_the_chunk_loop_in_the_graph_draws_what_the_driver_draws():
+    config = small_config()
+    model = build(config, seed=1)
+    _bias_stop(model, config, -4.0)
+    sampler = sampling.Sampler(model, config)
+    options = sampling.SampleOptions(max_chunks=3, top_p=0.9)
+    state = sampler.initial_state(3, 3 * config.chunk_size)
+    want = sampler.sample(state, options, seed=5)
+    graph = tf.function(sampler.sample_graph)
+    got = graph(state, 3, tf.constant([5, 0], tf.int64), 1.0, 0.9, 0)
+    for k in ("channels", "positions", "values", "length", "done"):
+        np.testing.assert_array_equal(got[k], want[k])
+
+
 def test_filter_logits():
     logits = tf.math.log(tf.constant([[0.5, 0.3, 0.15, 0.05]]))
-    keep = lambda **kw: (sample.filter_logits(logits, **kw).numpy() > -1e8)[0].tolist()
+    keep = lambda **kw: (sampling.filter_logits(logits, **kw).numpy() > -1e8)[0].tolist()
     assert keep(temperature=1.0, top_p=1.0, top_k=0) == [True] * 4
     assert keep(temperature=1.0, top_p=1.0, top_k=2) == [True, True, False, False]
     # Nucleus: 0.5 < 0.7, 0.5 + 0.3 >= 0.7 -> the first two.
     assert keep(temperature=1.0, top_p=0.7, top_k=0) == [True, True, False, False]
     assert keep(temperature=1.0, top_p=0.81, top_k=0) == [True, True, True, False]
     assert keep(temperature=1.0, top_p=0.01, top_k=0) == [True, False, False, False]
-    scaled = sample.filter_logits(logits, temperature=0.5, top_p=1.0, top_k=0)
+    scaled = sampling.filter_logits(logits, temperature=0.5, top_p=1.0, top_k=0)
     np.testing.assert_allclose(scaled, logits * 2.0, rtol=1e-6)
     with pytest.raises(ValueError, match="temperature"):
-        sample.SampleOptions(temperature=0.0)
+        sampling.SampleOptions(temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
-        sample.SampleOptions(top_p=1.5)
+        sampling.SampleOptions(top_p=1.5)
 
 
 def test_upsampling_keeps_its_context(color_photos):
@@ -151,7 +229,7 @@ def test_upsampling_keeps_its_context(color_photos):
     _bias_stop(model, config, -1000.0)
     cfg = config.dct
     low = color_photos["chelsea.png"][::40, ::40]  # 8 x 11 pixels
-    context, used = sample.upsampling_context(low, cfg)
+    context, used = sampling.upsampling_context(low, cfg)
     b = cfg.block_size
     assert max(context.height, context.width) == cfg.resolution
     assert used.shape[:2] == (context.height // b, context.width // b)
@@ -164,9 +242,9 @@ def test_upsampling_keeps_its_context(color_photos):
     expected = rep._round_half_away(b * y / q)
     np.testing.assert_array_equal(dense[: used.shape[0], : used.shape[1], 0], expected)
 
-    sampler = sample.Sampler(model, config)
-    samples = sample.sample_batches(
-        sampler, 3, contexts=[context] * 3, options=sample.SampleOptions(max_chunks=4), seed=1
+    sampler = sampling.Sampler(model, config)
+    samples = sampling.sample_batches(
+        sampler, 3, contexts=[context] * 3, options=sampling.SampleOptions(max_chunks=4), seed=1
     )
     for seq in samples.sequences:
         assert (seq.height, seq.width) == (context.height, context.width)
@@ -175,7 +253,41 @@ def test_upsampling_keeps_its_context(color_photos):
         assert len(seq) > len(context)
     assert not np.array_equal(samples.sequences[0].values, samples.sequences[1].values)
     with pytest.raises(ValueError, match="interleaved"):
-        sample.upsampling_context(low, dataclasses.replace(cfg, ordering="luma_first"))
+        sampling.upsampling_context(low, dataclasses.replace(cfg, ordering="luma_first"))
+
+
+def test_a_task_in_one_call_and_its_files(color_photos, tmp_path):
+    config = small_config()
+    model = build(config, seed=3)
+    _bias_stop(model, config, -1000.0)
+    sampler = sampling.Sampler(model, config)
+    low = [image[::40, ::40] for image in list(color_photos.values())[:2]]
+    options = sampling.SampleOptions(max_chunks=2)
+    samples = sampling.sample_task(
+        sampler, "upsample", num_samples=2, images=low, options=options, seed=0
+    )
+    # Each image's samples together, each continuing that image's context for its own two
+    # chunks, although the contexts differ in length (one batch, different first chunks).
+    contexts = [sampling.upsampling_context(image, config.dct)[0] for image in low]
+    assert len(contexts[0]) != len(contexts[1])
+    assert len(samples.sequences) == 4
+    c = config.chunk_size
+    for i, seq in enumerate(samples.sequences):
+        context = contexts[i // 2]
+        np.testing.assert_array_equal(seq.values[: len(context)], context.values)
+        assert len(seq) == (len(context) // c + 2) * c
+    files = sampling.write_task(samples, str(tmp_path), "upsample", low, panel=32)
+    assert os.path.basename(files["grid"][0]) == "upsample_grid.png"
+    assert len(files["comparisons"]) == 2 and all(map(os.path.exists, files["comparisons"]))
+    # Bad arguments are named; a task the model cannot do is bad input.
+    with pytest.raises(UsageError, match="label=1"):
+        sampling.sample_task(sampler, "upsample", num_samples=1, images=low, label=1)
+    with pytest.raises(UsageError, match="images"):
+        sampling.sample_task(sampler, "generate", num_samples=1, images=low)
+    with pytest.raises(UsageError, match="num_samples=0"):
+        sampling.sample_task(sampler, num_samples=0)
+    with pytest.raises(InputError, match="luma_first"):
+        sampling.sample_task(sampler, "colorize", num_samples=1, images=low)
 
 
 def test_colorization_keeps_all_luma_and_draws_chroma(gray_photo):
@@ -183,16 +295,16 @@ def test_colorization_keeps_all_luma_and_draws_chroma(gray_photo):
     model = build(config, seed=4)
     _bias_stop(model, config, -1000.0)
     cfg = config.dct
-    context, grey = sample.colorization_context(gray_photo, cfg)
+    context, grey = sampling.colorization_context(gray_photo, cfg)
     assert np.all(context.channels < cfg.channels_per_plane)
     np.testing.assert_array_equal(context.channels, rep.encode(grey, cfg).channels[: len(context)])
-    sampler = sample.Sampler(model, config)
-    samples = sample.sample_batches(
+    sampler = sampling.Sampler(model, config)
+    samples = sampling.sample_batches(
         sampler,
         2,
         contexts=[context] * 2,
         context_is_base=True,
-        options=sample.SampleOptions(max_chunks=3),
+        options=sampling.SampleOptions(max_chunks=3),
         seed=0,
     )
     for seq in samples.sequences:
@@ -202,18 +314,18 @@ def test_colorization_keeps_all_luma_and_draws_chroma(gray_photo):
         assert drawn.size > 0 and np.all(drawn >= cfg.channels_per_plane)
         rep.check_triples(seq.channels, seq.positions, seq.values, cfg)
     with pytest.raises(ValueError, match="luma_first"):
-        sample.colorization_context(gray_photo, small_config().dct)
+        sampling.colorization_context(gray_photo, small_config().dct)
 
 
 def test_labels_are_checked():
     config = small_config(num_classes=3)
-    sampler = sample.Sampler(build(config), config)
-    with pytest.raises(ValueError, match="label 3 is out of range"):
-        sample.sample_batches(sampler, 2, labels=3, options=sample.SampleOptions(), seed=0)
+    sampler = sampling.Sampler(build(config), config)
+    with pytest.raises(ValueError, match="label=3: out of range"):
+        sampling.sample_batches(sampler, 2, labels=3, options=sampling.SampleOptions(), seed=0)
     unconditional = small_config()
-    sampler = sample.Sampler(build(unconditional), unconditional)
+    sampler = sampling.Sampler(build(unconditional), unconditional)
     with pytest.raises(ValueError, match="unconditional"):
-        sample.sample_batches(sampler, 2, labels=1, options=sample.SampleOptions(), seed=0)
+        sampling.sample_batches(sampler, 2, labels=1, options=sampling.SampleOptions(), seed=0)
 
 
 def test_in_graph_decoding_matches_the_codec(photo_sequences):
@@ -225,7 +337,7 @@ def test_in_graph_decoding_matches_the_codec(photo_sequences):
         for a, t in zip(arrays, (s.channels, s.positions, s.values)):
             a[i, : len(s)] = t
     lengths = np.array([len(s) for s in seqs], np.int32)
-    images, heights, widths = sample.images_tf(*arrays, lengths, cfg)
+    images, heights, widths = sampling.images_tf(*arrays, lengths, cfg)
     for i, s in enumerate(seqs):
         h, w = rep.extent_from_positions(s.positions, cfg)
         assert (int(heights[i]), int(widths[i])) == (h, w)
@@ -237,8 +349,8 @@ def test_in_graph_decoding_matches_the_codec(photo_sequences):
 def test_pictures(photo_sequences, tmp_path):
     config, seqs = photo_sequences
     cfg = config.dct
-    samples = sample.Samples(cfg, seqs, np.array([True, False]), np.zeros(2), np.array([-1, -1]))
-    files = sample.write_samples(samples, str(tmp_path), panel=64)
+    samples = sampling.Samples(cfg, seqs, np.array([True, False]), np.zeros(2), np.array([-1, -1]))
+    files = sampling.write_samples(samples, str(tmp_path), panel=64)
     for key in ("images", "triples", "heatmaps", "progressive"):
         assert len(files[key]) == 2 and all(os.path.exists(p) for p in files[key])
     summary = json.load(open(files["summary"][0]))
@@ -259,10 +371,23 @@ def test_sampler_runs_under_keras_mixed_precision(photo_sequences):
         model = build(config)
     finally:
         keras.config.set_dtype_policy("float32")
-    sampler = sample.Sampler(model, config)
+    sampler = sampling.Sampler(model, config)
+    # The decoders run in bfloat16 (their caches hold it), the logits in float32, and the
+    # cached path agrees with the full forward pass to bfloat16's precision.
+    keys, _ = sampler.empty_caches(1)["value"][0][0]
+    assert keys.dtype == tf.bfloat16
+    batch = stack_windows([real_window(s, config.dct, 12, 12, 4) for s in seqs])
+    full = model_lib.forward(model, batch)
+    cached, j0 = sampler.cached_logits(batch)
+    real = batch["mask"][:, j0:] > 0
+    for name in ("channel", "position", "value"):
+        assert cached[name].dtype == tf.float32
+        got, want = np.asarray(cached[name])[real], np.asarray(full[name])[:, j0:][real]
+        np.testing.assert_array_equal(got == layers.MASK_VALUE, want == layers.MASK_VALUE)
+        np.testing.assert_allclose(got, want, atol=0.15)
     state = sampler.sample(
         sampler.initial_state(2, 2 * config.chunk_size),
-        sample.SampleOptions(max_chunks=2),
+        sampling.SampleOptions(max_chunks=2),
         seed=0,
     )
     _valid(state, config)
@@ -272,9 +397,119 @@ def test_the_xla_compiled_sampler():
     config = small_config()
     model = build(config, seed=1)
     _bias_stop(model, config, -1000.0)
-    sampler = sample.Sampler(model, config, jit_compile=True)
-    options = sample.SampleOptions(max_chunks=2, top_p=0.9)
+    sampler = sampling.Sampler(model, config, jit_compile=True)
+    options = sampling.SampleOptions(max_chunks=2, top_p=0.9)
     state = sampler.sample(sampler.initial_state(3, 2 * config.chunk_size), options, seed=2)
     np.testing.assert_array_equal(_valid(state, config), 2 * config.chunk_size)
     again = sampler.sample(sampler.initial_state(3, 2 * config.chunk_size), options, seed=2)
     np.testing.assert_array_equal(state["values"], again["values"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line (`python -m dct_gen.sample`), in-process.
+
+
+def _error_line(capsys) -> str:
+    """The one line a failed command printed on stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.count("dct_gen.sample: error: ") == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("dct_gen.sample: error: "), err
+    return line
+
+
+def _low_resolution_photo(path) -> str:
+    from PIL import Image
+
+    Image.fromarray(photos.load_rgb(photos.color_photo_paths()[0])[::64, ::64]).save(path)
+    return str(path)
+
+
+@pytest.mark.slow  # the trained_run fixture: a dataset and 30 training steps
+def test_sample_command_line_on_a_trained_run(trained_run, tmp_path, capsys):
+    model_dir = trained_run.model_dir
+    out = str(tmp_path / "samples")
+    argv = ["--model_dir", model_dir, "--num_samples", "3", "--seed", "4", "--out", out]
+    argv += ["--max_chunks", "4", "--quiet", "--top_p", "0.95"]
+    assert sample.main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "generate" and report["samples"] == 3
+    for i in range(3):
+        for suffix in (".png", ".npz", "_heatmap.png", "_progressive.png"):
+            assert os.path.exists(os.path.join(out, f"sample_{i:03d}{suffix}"))
+    assert report["grid"] == os.path.join(out, "sample_grid.png")
+    assert os.path.exists(report["grid"])
+    first = open(os.path.join(out, "sample_000.png"), "rb").read()
+    assert sample.main(argv) == 0  # same seed, same images
+    assert open(os.path.join(out, "sample_000.png"), "rb").read() == first
+
+    # Upsampling a low-resolution photo, two samples.
+    low = _low_resolution_photo(tmp_path / "low.png")
+    up = str(tmp_path / "up")
+    argv = ["upsample", low, "--model_dir", model_dir, "--num_samples", "2", "--out", up]
+    assert sample.main(argv + ["--max_chunks", "2", "--quiet"]) == 0
+    assert os.path.exists(os.path.join(up, "upsample_000_comparison.png"))
+    summary = json.load(open(os.path.join(up, "upsample.json")))
+    assert len(summary["samples"]) == 2
+    assert all(s["context_triples"] > 0 for s in summary["samples"])
+    capsys.readouterr()
+
+    # What the trained run cannot do is named, with the run (exit 1) or the flag (exit 2).
+    argv = ["colorize", low, "--model_dir", model_dir, "--quiet", "--out", up]
+    assert sample.main(argv) == 1
+    line = _error_line(capsys)
+    assert "--model_dir" in line and "luma_first" in line
+    assert sample.main(["--model_dir", model_dir, "--label", "2", "--out", out]) == 2
+    assert "--label=2" in _error_line(capsys)
+
+
+def test_sample_command_line_bad_input_exits_1(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    assert sample.main(["--model_dir", missing]) == 1
+    line = _error_line(capsys)
+    assert "--model_dir" in line and missing in line
+    # A directory that is not a run, and one that is not a SavedModel.
+    assert sample.main(["--model_dir", str(tmp_path)]) == 1
+    line = _error_line(capsys)
+    assert "--model_dir" in line and "config.json" in line
+    assert sample.main(["--saved_model", str(tmp_path)]) == 1
+    line = _error_line(capsys)
+    assert "--saved_model" in line and "saved_model.pb" in line
+    # Image files are read before any model: a missing or unreadable one is named.
+    argv = ["upsample", str(tmp_path / "missing.png"), "--model_dir", missing]
+    assert sample.main(argv) == 1
+    assert "missing.png" in _error_line(capsys)
+    (tmp_path / "text.png").write_text("not an image")
+    assert sample.main(["colorize", str(tmp_path / "text.png"), "--model_dir", missing]) == 1
+    assert "text.png" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--model_dir", "run", "--num_samples", "0"], "--num_samples"),
+        (["--model_dir", "run", "--temperature", "0"], "--temperature"),
+        (["--model_dir", "run", "--top_p", "1.5"], "--top_p"),
+        (["--model_dir", "run", "--batch_size", "x"], "--batch_size"),
+        (["--model_dir", "run", "--num_s", "3"], "num_s"),  # abbreviations are refused
+        ([], "--model_dir"),
+        (["--model_dir", "run", "--saved_model", "sm"], "--saved_model"),
+        (["--saved_model", "sm", "--top_k", "3"], "--top_k"),
+        (["upsample", "--model_dir", "run"], "IMAGE"),
+        (["upsample", "a.png", "--model_dir", "run", "--temperature", "0.5"], "--temperature"),
+        (["colorize", "a.png", "--model_dir", "run", "--label", "1"], "--label"),
+        (["a.png", "--model_dir", "run"], "a.png"),  # images need a task word
+    ],
+)
+def test_sample_command_line_bad_flags_exit_2(argv, named, capsys):
+    assert sample.main(argv) == 2
+    assert named in _error_line(capsys)
+
+
+def test_sample_command_line_help(capsys):
+    assert sample.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "python -m dct_gen.sample upsample IMAGE..." in out
+    for flag in ("--model_dir", "--saved_model", "--num_samples", "--top_k", "--max_chunks"):
+        assert flag in out
