@@ -99,6 +99,8 @@ def run(
         sys.stdout.write(_usage(prog, flag_values, doc))
         sys.stdout.flush()
         return 0
+    # TensorFlow's native start-up lines would stand above a one-line error; warnings stay.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         positional = parse(flag_values, argv, prog)
         status = body(positional)

@@ -1,231 +1,251 @@
-"""Evaluating a trained run: `python -m dct_gen.evaluate --model_dir M --data_dir D`.
+"""Evaluate a trained run: exact bits per subpixel of a held-out split, and FID, sFID, precision
+and recall of a folder of samples.
 
-Two kinds of figures, each computed when its inputs are given:
+Usage:
+  python -m dct_gen.evaluate --model_dir=RUN --data_dir=DATA [--split=SPLIT]
+  python -m dct_gen.evaluate --model_dir=RUN --samples_dir=FOLDER --reference_data_dir=DATA \\
+      --num_samples=N [--inception_weights=FILE.h5]
+  python -m dct_gen.evaluate --model_dir=RUN --data_dir=DATA --generate --num_samples=N
 
-- Exact bits per subpixel of a held-out split (--data_dir, --split): the run's model is rebuilt
-  from its config.json (else operative_config.gin), its newest checkpoint restored
-  (`load_run`), and
-  `dct_gen.train.evaluate`, the training loop's own evaluator, scores every chunk of every
-  sequence. For the same checkpoint and split the figures equal the run's eval.jsonl line.
-- Sample metrics (--samples_dir, a folder of generated images): FID, sFID, precision and recall
-  (k = 3) against the training set (--reference_data_dir, --reference_split), on Inception-v3
-  features (`dct_gen.metrics`, weights from --inception_weights). The reference statistics are
-  cached (--reference_cache) and recomputed when what they describe changes. Generating samples
-  come from a folder, or from the run's model first (--generate: `generate_samples`, with
-  `dct_gen.sample`).
+At least one of --data_dir (bits per subpixel: the run's model scores every chunk of every
+sequence with the training loop's own evaluator, so a checkpoint's figures equal the run's
+eval.jsonl) and --samples_dir or --generate (sample metrics on Inception-v3 features against
+the training set) is needed.
 
-Outputs:
+Outputs: MODEL_DIR/evaluation.json (--out; a section this call does not compute is kept from an
+earlier evaluation of the same run) and TensorBoard scalars under MODEL_DIR/evaluate/.
 
-- JSON (--out, default MODEL_DIR/evaluation.json): {"model_dir", "likelihood": {...},
-  "samples": {...}}; each section names the checkpoint step it describes. A section this call
-  does not compute is kept from an existing file of the same run.
-- TensorBoard scalars under MODEL_DIR/evaluate/: `evaluate/<split>` holds bits per subpixel
-  (total, per component, per chunk index; the tags of the training run's eval/ events, so
-  TensorBoard overlays the two), `evaluate/samples` holds fid, sfid, precision and recall.
-
-`load_run(model_dir)` is the reusable piece (the sampler and the exporter load runs with it).
+Exit status: 0 done; 1 bad input (a missing run, dataset, split, checkpoint, folder or weights
+file, too few images: the message names the flag or the file); 2 bad flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
-from dct_gen import metrics, train
-from dct_gen.evaluation import *  # noqa: F403 (being split)
-from dct_gen.run_dir import LoadedRun, RunDirectoryError, load_run  # noqa: F401
+from absl import flags
 
-# ----------------------------------------------------------------------------------------------
-# Command line.
+from dct_gen import cli, evaluation
+from dct_gen.errors import InputError, UsageError
+
+FLAGS = cli.flag_values()
+
+flags.DEFINE_string(
+    "model_dir", None, "The run directory (python -m dct_gen.train); required.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "out", None, f"The JSON output (default MODEL_DIR/{evaluation.DEFAULT_OUT}).", flag_values=FLAGS
+)
+flags.DEFINE_string("tpu", None, "A Cloud TPU name or address (TPUStrategy).", flag_values=FLAGS)
+# Bits per subpixel.
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "A held-out dataset (python -m beam_jobs.build_dataset): bits per subpixel are computed "
+    "when given.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "split",
+    None,
+    "The split to score (default: the split the run evaluated, from eval.jsonl, else "
+    f"{evaluation.DEFAULT_SPLIT}).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "checkpoint", None, "The checkpoint's step (default: newest).", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Chunks per step (default: the run's; the figures do not depend on it).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_batches",
+    None,
+    "Score a prefix of the split only (marked partial).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+# Sample metrics.
+flags.DEFINE_string(
+    "samples_dir",
+    None,
+    "A folder of generated images (PNG, JPEG, WebP, BMP): sample metrics are computed when given.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "generate",
+    False,
+    "First sample --num_samples images from the run's model into --samples_dir (default "
+    f"MODEL_DIR/{evaluation.SUMMARY_DIR}/{evaluation.GENERATED_DIR}), then score them.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("seed", 0, "The seed of --generate.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "max_chunks",
+    None,
+    "The chunk limit of --generate's samples (default: none).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "num_samples",
+    evaluation.DEFAULT_NUM_SAMPLES,
+    "Samples used, the first in name order (fewer in the folder is an error).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "reference_data_dir",
+    None,
+    "The training set's dataset directory (default: --data_dir).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "reference_split", evaluation.DEFAULT_REFERENCE_SPLIT, "Its split.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_reference",
+    None,
+    "Reference images, the first in record order (default: --num_samples).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "reference_cache",
+    None,
+    "The reference statistics' .npz (default "
+    f"MODEL_DIR/{evaluation.SUMMARY_DIR}/reference_SPLIT_NUM.npz).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "inception_weights",
+    None,
+    "Inception-v3 weights: Keras' notop or full .h5, or a .weights.h5 (default: Keras' "
+    "download, which needs network).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "feature_batch_size",
+    evaluation.DEFAULT_FEATURE_BATCH_SIZE,
+    "Images per Inception call.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "k",
+    evaluation.DEFAULT_K,
+    "The nearest neighbour of precision and recall.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # raise instead of exiting, so main() can be called in-process
-        raise UsageError(f"{message}\n{self.format_usage()}".rstrip())
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be positive")
-    return n
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m dct_gen.evaluate",
-        description="Evaluate a trained run: exact bits per subpixel of a held-out split, and "
-        "FID, sFID, precision and recall of a folder of samples.",
-    )
-    p.add_argument("--model_dir", required=True, help="the run directory (python -m dct_gen.train)")
-    p.add_argument("--out", default=None, help=f"the JSON output (default MODEL_DIR/{DEFAULT_OUT})")
-    p.add_argument("--tpu", default=None, help="a Cloud TPU name or address (TPUStrategy)")
-    g = p.add_argument_group("bits per subpixel")
-    g.add_argument("--data_dir", default=None, help="a held-out dataset (beam_jobs.build_dataset)")
-    g.add_argument(
-        "--split",
-        default=None,
-        help="the split to score (default: the split the run evaluated, from eval.jsonl, "
-        f"else {DEFAULT_SPLIT})",
-    )
-    g.add_argument("--checkpoint", type=_positive, default=None, help="step (default: newest)")
-    g.add_argument(
-        "--batch_size", type=_positive, default=None, help="chunks per step (default: the run's)"
-    )
-    g.add_argument(
-        "--max_batches", type=_positive, default=None, help="score a prefix only (partial)"
-    )
-    g = p.add_argument_group("sample metrics")
-    g.add_argument("--samples_dir", default=None, help="a folder of generated images (PNG, JPEG)")
-    g.add_argument(
-        "--generate",
-        action="store_true",
-        help="first sample --num_samples images from the run's model into --samples_dir "
-        "(default MODEL_DIR/evaluate/generated)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="the seed of --generate (default 0)")
-    g.add_argument(
-        "--max_chunks",
-        type=_positive,
-        default=None,
-        help="chunk limit of --generate's samples (default: none)",
-    )
-    g.add_argument(
-        "--num_samples",
-        type=_positive,
-        default=DEFAULT_NUM_SAMPLES,
-        help="samples used, the first in name order (default %(default)s)",
-    )
-    g.add_argument(
-        "--reference_data_dir",
-        default=None,
-        help="the training set's dataset directory (default: --data_dir)",
-    )
-    g.add_argument(
-        "--reference_split",
-        default=DEFAULT_REFERENCE_SPLIT,
-        help="its split (default %(default)s)",
-    )
-    g.add_argument(
-        "--num_reference",
-        type=_positive,
-        default=None,
-        help="reference images, the first in record order (default: --num_samples)",
-    )
-    g.add_argument(
-        "--reference_cache",
-        default=None,
-        help="the reference statistics' .npz (default MODEL_DIR/evaluate/reference_SPLIT_NUM.npz)",
-    )
-    g.add_argument(
-        "--inception_weights",
-        default=None,
-        help=f"Inception-v3 weights (.h5), e.g. {metrics.INCEPTION_WEIGHTS_FILE} (default: "
-        "Keras' download, which needs network)",
-    )
-    g.add_argument(
-        "--feature_batch_size",
-        type=_positive,
-        default=50,
-        help="images per Inception call (default %(default)s)",
-    )
-    g.add_argument(
-        "--k",
-        type=_positive,
-        default=metrics.NEAREST_K,
-        help="the nearest neighbour of precision and recall (default %(default)s)",
-    )
-    return p
-
-
-def _check_flags(args: argparse.Namespace) -> None:
-    """Cheap checks whose errors name the flag, before anything loads."""
+def _dataset_dir(flag: str, path: str) -> None:
     import tensorflow as tf
 
     from dct_gen import records
 
-    if not tf.io.gfile.isdir(args.model_dir):
-        raise RunDirectoryError(f"--model_dir {args.model_dir} does not exist")
-    if args.generate and args.samples_dir is None:
-        args.samples_dir = os.path.join(args.model_dir, SUMMARY_DIR, "generated")
-    if args.data_dir is None and args.samples_dir is None:
+    if not tf.io.gfile.isdir(path):
+        raise InputError(f"--{flag}={path}: no such directory")
+    if not tf.io.gfile.exists(records.join(path, records.INFO_FILENAME)):
+        raise InputError(
+            f"--{flag}={path}: not a dataset directory (no {records.INFO_FILENAME}; write one "
+            "with python -m beam_jobs.build_dataset)"
+        )
+
+
+def _check_flags(samples_dir: str | None) -> None:
+    """Cheap checks whose errors name the flag, before anything loads."""
+    import tensorflow as tf
+
+    from dct_gen import metrics, records
+
+    if not tf.io.gfile.isdir(FLAGS.model_dir):
+        raise InputError(f"--model_dir={FLAGS.model_dir}: no such directory")
+    if FLAGS.data_dir is None and samples_dir is None:
         raise UsageError(
-            "nothing to evaluate: give --data_dir (bits per subpixel) and/or --samples_dir "
-            "(FID, sFID, precision, recall)"
+            "nothing to evaluate: give --data_dir (bits per subpixel) and/or --samples_dir or "
+            "--generate (FID, sFID, precision, recall)"
         )
     for flag in ("data_dir", "reference_data_dir"):
-        path = getattr(args, flag)
-        if path is not None and not tf.io.gfile.exists(records.join(path, records.INFO_FILENAME)):
-            raise FileNotFoundError(
-                f"--{flag} {path} is not a dataset directory (no {records.INFO_FILENAME}; "
-                "write one with python -m beam_jobs.build_dataset)"
-            )
-    if args.samples_dir is not None:
-        if not args.generate and not os.path.isdir(args.samples_dir):
-            raise FileNotFoundError(f"--samples_dir {args.samples_dir} is not a folder")
-        if (args.reference_data_dir or args.data_dir) is None:
-            raise UsageError("--samples_dir needs --reference_data_dir (or --data_dir)")
-        if args.generate:
-            return
-        found = len(metrics.image_files(args.samples_dir))
-        if found < args.num_samples:
-            raise ValueError(
-                f"--samples_dir {args.samples_dir} holds {found} images, fewer than "
-                f"--num_samples {args.num_samples}"
-            )
+        if FLAGS[flag].value is not None:
+            _dataset_dir(flag, FLAGS[flag].value)
+    if FLAGS.data_dir is not None:
+        split = FLAGS.split or evaluation.default_split(FLAGS.model_dir)
+        try:
+            records.split_files(FLAGS.data_dir, split)
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(f"--split={split}: {e}") from e
+    if samples_dir is None:
+        return
+    if (FLAGS.reference_data_dir or FLAGS.data_dir) is None:
+        raise UsageError("--samples_dir needs --reference_data_dir (or --data_dir)")
+    if FLAGS.generate:
+        return
+    if not os.path.isdir(samples_dir):
+        raise InputError(f"--samples_dir={samples_dir}: no such directory")
+    found = len(metrics.image_files(samples_dir))
+    if found < FLAGS.num_samples:
+        raise InputError(
+            f"--samples_dir={samples_dir} holds {found} images, fewer than "
+            f"--num_samples={FLAGS.num_samples}"
+        )
+
+
+def _main(argv: list[str]) -> int:
+    cli.no_positional(argv)
+    cli.require(FLAGS, "model_dir")
+    samples_dir = FLAGS.samples_dir
+    if FLAGS.generate and samples_dir is None:
+        samples_dir = os.path.join(
+            FLAGS.model_dir, evaluation.SUMMARY_DIR, evaluation.GENERATED_DIR
+        )
+    _check_flags(samples_dir)
+
+    from dct_gen import metrics, training
+
+    strategy = training.make_strategy(FLAGS.tpu) if FLAGS.data_dir else None
+    if FLAGS.generate:
+        # The weights first: a missing file should not cost the sampling time.
+        metrics.inception_weights_path(FLAGS.inception_weights)
+        evaluation.generate_samples(
+            evaluation.load(FLAGS.model_dir, checkpoint=FLAGS.checkpoint),
+            num_samples=FLAGS.num_samples,
+            out_dir=samples_dir,
+            seed=FLAGS.seed,
+            max_chunks=FLAGS.max_chunks,
+        )
+    evaluation.run_evaluation(
+        model_dir=FLAGS.model_dir,
+        data_dir=FLAGS.data_dir,
+        split=FLAGS.split,
+        batch_size=FLAGS.batch_size,
+        max_batches=FLAGS.max_batches,
+        checkpoint=FLAGS.checkpoint,
+        samples_dir=samples_dir,
+        num_samples=FLAGS.num_samples,
+        reference_data_dir=FLAGS.reference_data_dir,
+        reference_split=FLAGS.reference_split,
+        num_reference=FLAGS.num_reference,
+        reference_cache=FLAGS.reference_cache,
+        inception_weights=FLAGS.inception_weights,
+        feature_batch_size=FLAGS.feature_batch_size,
+        k=FLAGS.k,
+        out=FLAGS.out,
+        strategy=strategy,
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 1 bad input, 2 bad flags)."""
-    from dct_gen import data, images
-
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = parser.parse_args(argv)
-        _check_flags(args)
-        strategy = train.make_strategy(args.tpu) if args.data_dir else None
-        if args.generate:
-            # The weights first: a missing file should not cost the sampling time.
-            metrics.inception_weights_path(args.inception_weights)
-            generate_samples(
-                load_run(args.model_dir, checkpoint=args.checkpoint),
-                num_samples=args.num_samples,
-                out_dir=args.samples_dir,
-                seed=args.seed,
-                max_chunks=args.max_chunks,
-            )
-        run_evaluation(
-            model_dir=args.model_dir,
-            data_dir=args.data_dir,
-            split=args.split,
-            batch_size=args.batch_size,
-            max_batches=args.max_batches,
-            checkpoint=args.checkpoint,
-            samples_dir=args.samples_dir,
-            num_samples=args.num_samples,
-            reference_data_dir=args.reference_data_dir,
-            reference_split=args.reference_split,
-            num_reference=args.num_reference,
-            reference_cache=args.reference_cache,
-            inception_weights=args.inception_weights,
-            feature_batch_size=args.feature_batch_size,
-            k=args.k,
-            out=args.out,
-            strategy=strategy,
-        )
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, images.ImageError, data.ShardReadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """Runs the command line; returns the exit status (0 done, 1 bad input, 2 bad flags)."""
+    return cli.run(_main, FLAGS, argv, prog="dct_gen.evaluate", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from dct_gen.errors import InputError
+
 POOL, SPATIAL = "pool", "spatial"
 INCEPTION_IMAGE_SIZE = (299, 299)
 POOL_BLOCK = "mixed10"
@@ -85,8 +87,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1
 
 
-class InceptionWeightsError(FileNotFoundError):
-    """The Inception-v3 weights are neither at the given path nor downloadable."""
+class InceptionWeightsError(InputError, FileNotFoundError):
+    """The Inception-v3 weights are neither at the given path nor downloadable (bad input: the
+    command line prints the message, which says where to get the file, and exits 1)."""
 
 
 # ----------------------------------------------------------------------------------------------

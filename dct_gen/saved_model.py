@@ -1,4 +1,4 @@
-"""SavedModel export: `python -m dct_gen.export --model_dir DIR --out SAVED_MODEL`.
+"""The SavedModel of a trained run: `DCTransformerModule` (its four signatures) and `export`.
 
 The SavedModel needs neither dct_gen nor Keras to run: load it with
 `tf.saved_model.load(SAVED_MODEL)` and call its signatures (also in
@@ -15,9 +15,10 @@ The SavedModel needs neither dct_gen nor Keras to run: load it with
          nats float32.
   upsample(image uint8 (h, w, 3), seed int64)          interleaved models
       -> as sample, one image: B x upsampling (8x at B = 8) of the image, whose first channel of
-         Y, Cb and Cr is the context (`dct_gen.sample.upsampling_context`); context_length.
+         Y, Cb and Cr is the context (`dct_gen.sampling.upsampling_context`); context_length.
   colorize(image uint8 (h, w, 1 or 3), seed int64)     luma_first models
-      -> as sample, one image: the image's luma kept, its chroma sampled; context_length.
+      -> as sample, one image: the image's luma kept, its chroma sampled
+         (`dct_gen.sampling.colorization_context`); context_length.
 
 `loaded.config_json` holds the representation and model configuration (JSON). Each signature
 checks its inputs in the graph and fails with an InvalidArgumentError whose message starts
@@ -25,30 +26,176 @@ with the argument's name: a label out of range, num_samples below 1 or above the
 temperature or top_p out of range, an image of the wrong rank, channels or size, a sequence
 whose arrays differ in length or hold ids out of range.
 
-In-graph encoding (`dct_ops.encode_dct_image`) and resizing (`tf.image.resize`, Lanczos) can
-differ from the numpy codec's on rare coefficients by one step; the context a signature builds
-is still kept exactly in its output.
+upsample and colorize build their context as the numpy path does: the luma of a colour image
+with the codec's arithmetic, and Pillow's Lanczos resize reproduced in the graph pixel for pixel
+(`resize_like_pillow`, Pillow's reduce-then-resample included). In-graph encoding
+(`dct_ops.encode_dct_image`) can still differ from the numpy codec's on rare coefficients by one
+quantization step (float summation order); the context a signature builds is kept exactly in its
+output.
+
+The export directory holds, beside the SavedModel's own files, `dct_gen_export.json`
+(`EXPORT_FILE`: what was exported, from which run and step). `export` replaces an existing
+directory only when it is empty or holds such an export (`check_out`): nothing else is ever
+deleted. The SavedModel is written into a new sibling directory first and renamed into place.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import uuid
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from dct_gen import data, dct_ops
+from dct_gen import data, dct_ops, run_dir, sampling
 from dct_gen import model as model_lib
 from dct_gen import representation as rep
-from dct_gen import sample as sample_lib
+from dct_gen.errors import InputError
 
 DEFAULT_MAX_SAMPLES = 64
 MAX_IMAGE_SIDE = 8192  # upsample and colorize refuse larger inputs (they are resized anyway)
 LOG_PROB_CHUNKS = 8  # chunks scored per model call in log_prob
+EXPORT_FILE = "dct_gen_export.json"  # the marker of an export directory written here
+EXPORT_FORMAT = "dct_gen SavedModel"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+# ----------------------------------------------------------------------------------------------
+# The numpy path's image arithmetic in the graph.
+
+# Pillow's Lanczos (PIL/libImaging Resample.c): 8-bit images are filtered with coefficients in
+# fixed point, 22 fractional bits, rounded to 8 bits after the horizontal and again after the
+# vertical pass. Every product and sum below is an integer under 2**53, so float64 holds it
+# exactly and the result is Pillow's to the last bit.
+_PRECISION_BITS = 22
+_LANCZOS_SUPPORT = 3.0
 
 
-def _target_size_tf(height, width, cfg: rep.DCTConfig):
+def _sinc(x):
+    px = x * np.pi
+    safe = tf.where(x == 0.0, tf.ones_like(px), px)
+    return tf.where(x == 0.0, tf.ones_like(x), tf.sin(safe) / safe)
+
+
+def _lanczos3(x):
+    inside = (x >= -_LANCZOS_SUPPORT) & (x < _LANCZOS_SUPPORT)
+    return tf.where(inside, _sinc(x) * _sinc(x / _LANCZOS_SUPPORT), tf.zeros_like(x))
+
+
+def _pillow_coefficients(in_size, extent, out_size):
+    """(out_size, in_size) float64: Pillow's fixed-point filter weights for resampling the
+    span [0, extent) of in_size pixels onto out_size pixels."""
+    scale = extent / tf.cast(out_size, tf.float64)
+    filter_scale = tf.maximum(scale, 1.0)  # downscaling widens the kernel (antialiasing)
+    support = _LANCZOS_SUPPORT * filter_scale
+    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
+    # Pillow truncates toward zero; below zero both give 0 after the clamp.
+    first = tf.maximum(tf.floor(center - support + 0.5), 0.0)
+    last = tf.minimum(tf.floor(center + support + 0.5), tf.cast(in_size, tf.float64))
+    j = tf.range(in_size, dtype=tf.float64)[None, :]
+    inside = (j >= first[:, None]) & (j < last[:, None])
+    w = tf.where(inside, _lanczos3((j - center[:, None] + 0.5) * (1.0 / filter_scale)), 0.0)
+    total = tf.reduce_sum(w, axis=1, keepdims=True)
+    w = tf.where(total != 0.0, w / tf.where(total != 0.0, total, 1.0), w)
+    w = w * float(1 << _PRECISION_BITS)
+    return tf.where(w < 0.0, tf.math.ceil(w - 0.5), tf.floor(w + 0.5))  # half away from zero
+
+
+def _fixed_point_to_uint8(acc):
+    rounded = tf.floor((acc + float(1 << (_PRECISION_BITS - 1))) / float(1 << _PRECISION_BITS))
+    return tf.cast(tf.clip_by_value(rounded, 0.0, 255.0), tf.uint8)
+
+
+def _resample(image, extent_h, extent_w, height, width):
+    """Pillow's two passes, horizontal first, each rounded to uint8."""
+    shape = tf.shape(image)
+    kx = _pillow_coefficients(shape[1], extent_w, width)
+    rows = _fixed_point_to_uint8(tf.einsum("hwc,ow->hoc", tf.cast(image, tf.float64), kx))
+    ky = _pillow_coefficients(shape[0], extent_h, height)
+    return _fixed_point_to_uint8(tf.einsum("hwc,oh->owc", tf.cast(rows, tf.float64), ky))
+
+
+def _reduce(image, factor_h, factor_w):
+    """Pillow's `Image.reduce`: means of factor_h x factor_w boxes (partial boxes at the right
+    and bottom edges average the pixels they hold), in Pillow's integer arithmetic."""
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    out_h, out_w = (h + factor_h - 1) // factor_h, (w + factor_w - 1) // factor_w
+    padded = tf.pad(
+        tf.cast(image, tf.int64), [[0, out_h * factor_h - h], [0, out_w * factor_w - w], [0, 0]]
+    )
+    sums = tf.reduce_sum(tf.reshape(padded, [out_h, factor_h, out_w, factor_w, -1]), axis=[1, 3])
+    rows = tf.minimum(factor_h, h - tf.range(out_h) * factor_h)
+    cols = tf.minimum(factor_w, w - tf.range(out_w) * factor_w)
+    count = tf.cast(rows[:, None] * cols[None, :], tf.int64)[:, :, None]
+    # Pillow divides by multiplying with a float32 reciprocal scaled by 2**24, truncated.
+    multiplier = tf.cast(
+        tf.constant(2.0**32, tf.float32) / tf.cast(256 * count, tf.float32), tf.int64
+    )
+    return tf.cast((sums + count // 2) * multiplier // (1 << 24), tf.uint8)
+
+
+def resize_like_pillow(image, height, width, reducing_gap: float | None = None):
+    """`PIL.Image.resize((width, height), LANCZOS, reducing_gap=reducing_gap)` of a uint8
+    (h, w, c) image, in TensorFlow ops (traceable, no Python at run time), equal to Pillow's
+    output pixel for pixel.
+
+    `representation.resize` uses reducing_gap=3.0 (a box reduction first when the image shrinks
+    by 6x or more); `sampling.upsampling_context` uses none.
+    """
+    image = tf.convert_to_tensor(image, tf.uint8)
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    shape = tf.shape(image)
+    extent_h = tf.cast(shape[0], tf.float64)
+    extent_w = tf.cast(shape[1], tf.float64)
+
+    def resized():
+        if reducing_gap is None:
+            return _resample(image, extent_h, extent_w, height, width)
+        factor_w = tf.maximum(
+            tf.cast(extent_w / tf.cast(width, tf.float64) / reducing_gap, tf.int32), 1
+        )
+        factor_h = tf.maximum(
+            tf.cast(extent_h / tf.cast(height, tf.float64) / reducing_gap, tf.int32), 1
+        )
+
+        def reduced():
+            # The reduced image covers the source box [0, size / factor), a fraction of its
+            # last pixel; Pillow passes that box as float32.
+            span = lambda extent, factor: tf.cast(
+                tf.cast(extent / tf.cast(factor, tf.float64), tf.float32), tf.float64
+            )
+            small = _reduce(image, factor_h, factor_w)
+            return _resample(
+                small, span(extent_h, factor_h), span(extent_w, factor_w), height, width
+            )
+
+        return tf.cond(
+            (factor_w > 1) | (factor_h > 1),
+            reduced,
+            lambda: _resample(image, extent_h, extent_w, height, width),
+        )
+
+    same = (shape[0] == height) & (shape[1] == width)
+    return tf.cond(same, lambda: image, resized)
+
+
+def luma_like_codec(image):
+    """The luma (Y of YCbCr) of a uint8 (h, w, 3) image as uint8 (h, w), with the operations
+    and rounding of `representation.rgb_to_ycbcr` (float32, in its order)."""
+    weights = rep.RGB_TO_YCBCR[0].astype(np.float32)
+    rgb = tf.cast(image, tf.float32)
+    y = weights[0] * rgb[:, :, 0]
+    y = y + weights[1] * rgb[:, :, 1]
+    y = y + weights[2] * rgb[:, :, 2]
+    y = tf.floor(y + np.float32(-127.5)) + 128.0  # round half up, as the codec (centred, +128)
+    return tf.cast(tf.clip_by_value(y, 0.0, 255.0), tf.uint8)
+
+
+def target_size_tf(height, width, cfg: rep.DCTConfig):
     """`representation.target_size` in the graph."""
     long_side = tf.maximum(height, width)
     step = 2 * cfg.block_size
@@ -62,15 +209,32 @@ def _target_size_tf(height, width, cfg: rep.DCTConfig):
     return h, w
 
 
-def _resize_uint8(image, height, width):
-    """Lanczos resize of a uint8 (h, w, c) image unless it already has that size."""
+def upsampling_context_tf(image, cfg: rep.DCTConfig):
+    """`sampling.upsampling_context` in the graph: (channels, positions, values), height,
+    width of the context of a uint8 (h, w, 3) image."""
+    b = cfg.block_size
+    h, w = target_size_tf(tf.shape(image)[0] * b, tf.shape(image)[1] * b, cfg)
+    low = resize_like_pillow(image, h // b, w // b)
+    blocky = tf.repeat(tf.repeat(low, b, axis=0), b, axis=1)
+    dense = dct_ops.encode_dct_image(blocky, cfg)
+    n = cfg.channels_per_plane
+    return dct_ops.triples_from_dct_image(dense, cfg, channels=(0, n, 2 * n)), h, w
 
-    def resize():
-        out = tf.image.resize(tf.cast(image, tf.float32), [height, width], "lanczos3", True)
-        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
-    same = (tf.shape(image)[0] == height) & (tf.shape(image)[1] == width)
-    return tf.cond(same, lambda: tf.cast(image, tf.uint8), resize)
+def colorization_context_tf(image, cfg: rep.DCTConfig):
+    """`sampling.colorization_context` in the graph: (channels, positions, values), height,
+    width of the context of a uint8 (h, w, 1 or 3) image."""
+    grey = tf.cond(tf.shape(image)[2] == 3, lambda: luma_like_codec(image), lambda: image[:, :, 0])
+    h, w = target_size_tf(tf.shape(grey)[0], tf.shape(grey)[1], cfg)
+    # The numpy path resizes three equal channels; one is resized here and repeated.
+    grey = resize_like_pillow(grey[:, :, None], h, w, reducing_gap=3.0)
+    dense = dct_ops.encode_dct_image(tf.repeat(grey, 3, axis=2), cfg)
+    channels = tuple(range(cfg.channels_per_plane))
+    return dct_ops.triples_from_dct_image(dense, cfg, channels=channels), h, w
+
+
+# ----------------------------------------------------------------------------------------------
+# The exported object.
 
 
 class DCTransformerModule(tf.Module):
@@ -88,10 +252,10 @@ class DCTransformerModule(tf.Module):
         self.model = model
         self._config = model_config
         self._cfg = model_config.dct
-        self._sampler = sample_lib.Sampler(model, model_config)
+        self._sampler = sampling.Sampler(model, model_config)
         self._max_samples = int(max_num_samples)
-        self._max_chunks = int(max_chunks or sample_lib.default_max_chunks(model_config))
-        self._capacity = sample_lib.max_length(self._cfg) + 1
+        self._max_chunks = int(max_chunks or sampling.default_max_chunks(model_config))
+        self._capacity = sampling.max_length(self._cfg) + 1
         self._target_part = target_part
         self.config_json = tf.Variable(
             json.dumps(
@@ -117,7 +281,7 @@ class DCTransformerModule(tf.Module):
 
     def _finish(self, state, heights=None, widths=None):
         lengths = state["length"]
-        images, heights, widths = sample_lib.images_tf(
+        images, heights, widths = sampling.images_tf(
             state["channels"], state["positions"], state["values"], lengths, self._cfg,
             heights, widths,
         )  # fmt: skip
@@ -217,35 +381,15 @@ class DCTransformerModule(tf.Module):
         return out
 
     def upsample(self, image, seed):
-        cfg = self._cfg
-        b = cfg.block_size
         with tf.control_dependencies(self._image_checks(image, (3,), MAX_IMAGE_SIDE)):
             image = tf.identity(image)
-        h, w = _target_size_tf(tf.shape(image)[0] * b, tf.shape(image)[1] * b, cfg)
-        low = _resize_uint8(image, h // b, w // b)
-        blocky = tf.repeat(tf.repeat(low, b, axis=0), b, axis=1)
-        dense = dct_ops.encode_dct_image(blocky, cfg)
-        n = cfg.channels_per_plane
-        context = dct_ops.triples_from_dct_image(dense, cfg, channels=(0, n, 2 * n))
+        context, h, w = upsampling_context_tf(image, self._cfg)
         return self._single(context, None, seed, h, w)
 
     def colorize(self, image, seed):
-        cfg = self._cfg
         with tf.control_dependencies(self._image_checks(image, (1, 3), MAX_IMAGE_SIDE)):
             image = tf.identity(image)
-
-        def luma():
-            rgb = tf.cast(image, tf.float32)
-            y = tf.einsum("hwc,c->hw", rgb, tf.constant(rep._RGB_TO_YCBCR[0], tf.float32))
-            return tf.cast(tf.clip_by_value(tf.floor(y + 0.5), 0, 255), tf.uint8)
-
-        grey = tf.cond(tf.shape(image)[2] == 3, luma, lambda: tf.cast(image[:, :, 0], tf.uint8))
-        h, w = _target_size_tf(tf.shape(grey)[0], tf.shape(grey)[1], cfg)
-        grey = _resize_uint8(tf.repeat(grey[:, :, None], 3, axis=2), h, w)
-        dense = dct_ops.encode_dct_image(grey, cfg)
-        context = dct_ops.triples_from_dct_image(
-            dense, cfg, channels=tuple(range(cfg.channels_per_plane))
-        )
+        context, h, w = colorization_context_tf(image, self._cfg)
         return self._single(context, True, seed, h, w)
 
     @tf.function(
@@ -316,7 +460,9 @@ class DCTransformerModule(tf.Module):
             valid = ks < num_chunks
             safe = tf.minimum(ks, num_chunks - 1)
             windows = tf.map_fn(
-                lambda k: data._example(seq, base + k * c, k, num_chunks, cfg, c, config.overlap),
+                lambda k: data.chunk_example(
+                    seq, base + k * c, k, num_chunks, cfg, c, config.overlap
+                ),
                 safe,
                 fn_output_signature={
                     **{k: tf.int32 for k in ("channels", "positions", "values", "indices")},
@@ -355,6 +501,125 @@ class DCTransformerModule(tf.Module):
         return out
 
 
+# ----------------------------------------------------------------------------------------------
+# Writing it: the export directory, never anything else.
+
+
+# What an export directory holds: the SavedModel's own files and the marker.
+EXPORT_ENTRIES = frozenset(
+    {SAVED_MODEL_FILE, "fingerprint.pb", "variables", "assets", "assets.extra", EXPORT_FILE}
+)
+SIGNATURES = frozenset({"sample", "log_prob", "upsample", "colorize"})
+
+
+def _written_before_the_marker(path: str) -> bool:
+    """Whether saved_model.pb is an export of this module from before EXPORT_FILE existed:
+    its signatures are ours (sample and log_prob, perhaps upsample or colorize) and its root
+    object has the config_json variable."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
+            proto.ParseFromString(f.read())
+        graph = proto.meta_graphs[0]
+        names = {n for n in graph.signature_def.keys() if not n.startswith("__")}  # init op
+        children = {c.local_name for c in graph.object_graph_def.nodes[0].children}
+    except Exception:  # noqa: BLE001 - not a SavedModel this module can read: not ours
+        return False
+    return {"sample", "log_prob"} <= names <= SIGNATURES and "config_json" in children
+
+
+def is_export(path: str) -> bool:
+    """Whether path is a directory `export` wrote (and nothing else added to): a SavedModel
+    with EXPORT_FILE, or one of this module's exports from before the marker existed, and no
+    entry beyond EXPORT_ENTRIES."""
+    if not tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+        return False
+    if any(name.rstrip("/") not in EXPORT_ENTRIES for name in tf.io.gfile.listdir(path)):
+        return False
+    marker = os.path.join(path, EXPORT_FILE)
+    if not tf.io.gfile.exists(marker):
+        return _written_before_the_marker(path)
+    try:
+        description = run_dir.read_json(marker)
+    except ValueError:
+        return False
+    return isinstance(description, dict) and description.get("format") == EXPORT_FORMAT
+
+
+def _normalized(path: str) -> str:
+    if "://" in path:
+        return path.rstrip("/")
+    return os.path.realpath(path)
+
+
+def _holds(outer: str, inner: str) -> bool:
+    """Whether inner is outer or lies inside it."""
+    outer, inner = _normalized(outer), _normalized(inner)
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def check_out(out: str, model_dir: str | None = None, *, name: str = "out") -> None:
+    """Refuses an export directory whose replacement could lose anything.
+
+    `out` may be absent, an empty directory, or an earlier export of this module (it holds
+    saved_model.pb and EXPORT_FILE), which `export` then replaces.
+
+    Args:
+      out: the export directory.
+      model_dir: the run being exported, which `out` may neither be nor hold.
+      name: how messages call `out` (the command line says --out).
+
+    Raises:
+      InputError: anything else: the run directory, a file, a non-empty directory that is not
+        an export (the message names `out` and says what to do).
+    """
+    if not out or not out.strip("/"):
+        raise InputError(f"{name}={out!r}: not a directory name")
+    if model_dir is not None and _holds(out, model_dir):
+        raise InputError(
+            f"{name}={out}: is (or holds) the run directory {model_dir}; write the SavedModel "
+            "to a directory of its own, e.g. MODEL_DIR/saved_model"
+        )
+    if not tf.io.gfile.exists(out):
+        return
+    if not tf.io.gfile.isdir(out):
+        raise InputError(f"{name}={out}: exists and is not a directory")
+    if is_export(out) or not tf.io.gfile.listdir(out):
+        return
+    raise InputError(
+        f"{name}={out}: is a non-empty directory, not a SavedModel of dct_gen.export alone (that "
+        f"holds {SAVED_MODEL_FILE} and {EXPORT_FILE}, and nothing else); refusing to replace "
+        "it: choose a new or empty directory"
+    )
+
+
+def _sibling(path: str, tag: str) -> str:
+    """A new path beside `path`, which nothing uses (for the partial and the replaced export)."""
+    while True:
+        candidate = f"{path.rstrip('/')}.{tag}-{uuid.uuid4().hex[:12]}"
+        if not tf.io.gfile.exists(candidate):
+            return candidate
+
+
+def _move_into_place(written: str, out: str, model_dir: str | None) -> None:
+    """Renames the written export to `out`, replacing what check_out allows there."""
+    # Checked again: `out` may have changed while the SavedModel was written.
+    check_out(out, model_dir)
+    if not tf.io.gfile.exists(out):
+        tf.io.gfile.rename(written, out)
+        return
+    old = _sibling(out, "replaced")
+    tf.io.gfile.rename(out, old)
+    try:
+        tf.io.gfile.rename(written, out)
+    except Exception:
+        tf.io.gfile.rename(old, out)  # put the earlier export back
+        raise
+    tf.io.gfile.rmtree(old)
+
+
 def export(
     model,
     model_config: model_lib.ModelConfig,
@@ -363,8 +628,28 @@ def export(
     target_part: str = "all",
     max_num_samples: int = DEFAULT_MAX_SAMPLES,
     max_chunks: int | None = None,
+    model_dir: str | None = None,
+    step: int | None = None,
 ) -> list[str]:
-    """Writes the SavedModel to `out`; returns the signature names."""
+    """Writes the SavedModel to `out`; returns the signature names.
+
+    The SavedModel and EXPORT_FILE are written into a new sibling directory, then renamed to
+    `out`; an earlier export or an empty directory at `out` is replaced, anything else refused
+    before any work (`check_out`).
+
+    Args:
+      model, model_config: the trained model and its ModelConfig.
+      out: the export directory.
+      target_part: what the run trained on ('all', or 'chroma' after all luma).
+      max_num_samples: the cap on sample's num_samples.
+      max_chunks: the chunk limit per sample (None: enough for the longest sequence).
+      model_dir, step: the run and checkpoint step exported (recorded in EXPORT_FILE; out may
+        not be or hold model_dir).
+
+    Raises:
+      InputError: `out` is refused (see check_out).
+    """
+    check_out(out, model_dir)
     module = DCTransformerModule(
         model, model_config, target_part, max_num_samples=max_num_samples, max_chunks=max_chunks
     )
@@ -380,11 +665,61 @@ def export(
     if model_config.dct.ordering == "luma_first":
         module.colorize_fn = tf.function(module.colorize, input_signature=[image, seed])
         signatures["colorize"] = module.colorize_fn.get_concrete_function()
-    tmp = out.rstrip("/") + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures=signatures)
-    if tf.io.gfile.exists(out):
-        tf.io.gfile.rmtree(out)
-    tf.io.gfile.rename(tmp, out)
-    return sorted(signatures)
+    names = sorted(signatures)
+    description = {
+        "format": EXPORT_FORMAT,
+        "signatures": names,
+        "model_dir": model_dir,
+        "step": step,
+        **json.loads(module.config_json.numpy()),
+    }
+    written = _sibling(out, "partial")
+    try:
+        tf.saved_model.save(module, written, signatures=signatures)
+        run_dir.write_json(os.path.join(written, EXPORT_FILE), description)
+        _move_into_place(written, out, model_dir)
+    finally:
+        if tf.io.gfile.exists(written):
+            tf.io.gfile.rmtree(written)
+    return names
+
+
+def export_run(
+    model_dir: str,
+    out: str,
+    *,
+    checkpoint: int | None = None,
+    max_num_samples: int = DEFAULT_MAX_SAMPLES,
+    max_chunks: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Exports a trained run (its newest checkpoint that restores, or `checkpoint`), in
+    float32 whatever precision it trained in.
+
+    Returns:
+      {"saved_model": out, "step": the checkpoint's step, "signatures": names}.
+
+    Raises:
+      InputError: `out` is refused (checked before the run is loaded), or model_dir is not a
+        trained run (no directory, config.json or checkpoint that restores).
+    """
+    check_out(out, model_dir)
+    try:
+        run = run_dir.load_run(
+            model_dir, checkpoint=checkpoint, mixed_precision=False, log=log or (lambda _: None)
+        )
+    except InputError:
+        raise
+    except (run_dir.RunDirectoryError, ValueError) as e:  # ValueError: a bad config.json
+        raise InputError(str(e)) from e
+    names = export(
+        run.model,
+        run.model_config,
+        out,
+        target_part=run.train_config.target_part,
+        max_num_samples=max_num_samples,
+        max_chunks=max_chunks,
+        model_dir=model_dir,
+        step=run.step,
+    )
+    return {"saved_model": out, "step": run.step, "signatures": names}

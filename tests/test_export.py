@@ -1,109 +1,80 @@
-"""A trained run (the test config, on records of real photo crops) through the sampling command
-line and the SavedModel export; the SavedModel is then loaded in a fresh Python process that
-never imports dct_gen, where it samples, scores a sequence exactly as training evaluation does,
-and names the argument of each bad input."""
+"""The SavedModel export of the shared trained run: loaded in a fresh Python process that never
+imports dct_gen, it samples, scores a sequence exactly as evaluation does and names the argument
+of each bad input; upsample and colorize build the numpy path's context (Pillow's Lanczos resize
+reproduced in the graph, pixel for pixel); the command refuses to replace anything but an
+earlier export, and bad flags and bad input are one line each."""
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from beam_jobs.build_dataset import run_pipeline
-from dct_gen import configs, export, photos, records, run_dir, sample, train
+from dct_gen import dct_ops, evaluation, export, records, sampling, saved_model
+from dct_gen import model as model_lib
+from dct_gen.errors import InputError
 
-GIN = "experiments/test.gin"
-# A trained run and a SavedModel export take about two minutes: `make test-slow`.
+# Each export traces the sampling loop into a graph, about a minute: `make test-slow`.
 pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = str(tmp_path_factory.mktemp("export"))
-    configs.parse([GIN])
-    try:
-        dct, model_config, train_config = (
-            configs.dct_config(),
-            configs.model_config(),
-            configs.train_config(),
+def exported(trained_run, tmp_path_factory):
+    """The command line's export of the trained run: (directory, its stdout, its status)."""
+    out = str(tmp_path_factory.mktemp("export") / "saved_model")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = export.main(
+            [f"--model_dir={trained_run.model_dir}", f"--out={out}", "--max_chunks=6"]
         )
-    finally:
-        gin.clear_config()
-    data_dir = os.path.join(tmp, "data")
-    for split, count, seed in (("train", 12, 0), ("one", 1, 5)):
-        images = os.path.join(tmp, split)
-        photos.write_crops(images, count, seed=seed)
-        run_pipeline(output_dir=data_dir, cfg=dct, image_glob=f"{images}/*.png", split=split)
-    model_dir = os.path.join(tmp, "run")
-    train.train(
-        model_config=model_config,
-        dct_config=dct,
-        train_config=train_config,
-        data_dir=data_dir,
-        model_dir=model_dir,
-        max_steps=20,
-        eval_split="one",
-        eval_every=20,
-        peak_flops=1e11,
-        log=lambda _: None,
-    )
-    return tmp, data_dir, model_dir, model_config, train_config
+    return out, stdout.getvalue(), status
 
 
-def test_a_run_loads_from_its_config_json(tmp_path, run):
-    _, _, model_dir, model_config, train_config = run
-    assert not os.path.exists(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE))
-    loaded = run_dir.load_run(model_dir, mixed_precision=False, log=lambda _: None)
-    assert (loaded.model_config, loaded.train_config, loaded.step) == (
-        model_config,
-        train_config,
-        20,
-    )
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        run_dir.load_run(str(tmp_path / "missing"))
+def _export_main(capsys, *args):
+    """export.main's status and its stderr, which must be one error line or nothing."""
+    status = export.main(list(args))
+    err = capsys.readouterr().err.strip()
+    if status:
+        assert err.startswith("dct_gen.export: error: ") and "\n" not in err, err
+    return status, err
 
 
-def test_sample_command_line_on_a_trained_run(run, capsys):
-    tmp, _, model_dir, _, _ = run
-    out = os.path.join(tmp, "samples")
-    argv = ["--model_dir", model_dir, "--num_samples", "3", "--seed", "4", "--out", out]
-    argv += ["--max_chunks", "4", "--quiet", "--top_p", "0.95"]
-    assert sample.main(argv) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["samples"] == 3
-    for i in range(3):
-        for suffix in (".png", ".npz", "_heatmap.png", "_progressive.png"):
-            assert os.path.exists(os.path.join(out, f"sample_{i:03d}{suffix}"))
-    assert os.path.exists(os.path.join(out, "sample_grid.png"))
-    first = open(os.path.join(out, "sample_000.png"), "rb").read()
-    assert sample.main(argv) == 0  # same seed, same images
-    assert open(os.path.join(out, "sample_000.png"), "rb").read() == first
+def _tree(path):
+    """Every file under path with its bytes."""
+    out = {}
+    for folder, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(folder, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = f.read()
+    return out
 
-    # Upsampling a low-resolution photo, two samples.
-    low = os.path.join(tmp, "low.png")
-    from PIL import Image
 
-    Image.fromarray(photos.load_rgb(photos.color_photo_paths()[0])[::64, ::64]).save(low)
-    up = os.path.join(tmp, "up")
-    argv = ["upsample", low, "--model_dir", model_dir, "--num_samples", "2", "--out", up]
-    assert sample.main(argv + ["--max_chunks", "2", "--quiet"]) == 0
-    assert os.path.exists(os.path.join(up, "upsample_000_comparison.png"))
-    summary = json.load(open(os.path.join(up, "upsample.json")))
-    assert all(s["context_triples"] > 0 for s in summary["samples"])
-
-    # Bad input is named.
-    assert sample.main(["--model_dir", os.path.join(tmp, "nope")]) == 2
-    assert "nope" in capsys.readouterr().err
-    argv = ["colorize", low, "--model_dir", model_dir, "--quiet", "--out", up]
-    assert sample.main(argv) == 2
-    assert "luma_first" in capsys.readouterr().err
-    assert sample.main(["--model_dir", model_dir, "--num_samples", "0"]) == 2
-    assert "--num_samples" in capsys.readouterr().err
+def test_the_export_is_marked_and_reports_itself(exported, trained_run):
+    out, stdout, status = exported
+    assert status == 0
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report == {
+        "saved_model": out,
+        "step": 30,
+        "signatures": ["log_prob", "sample", "upsample"],
+    }
+    with open(os.path.join(out, saved_model.EXPORT_FILE)) as f:
+        marker = json.load(f)
+    assert marker["format"] == saved_model.EXPORT_FORMAT
+    assert (marker["model_dir"], marker["step"]) == (trained_run.model_dir, 30)
+    assert (marker["max_chunks"], marker["max_num_samples"]) == (6, 64)
+    assert saved_model.is_export(out)
+    assert not [n for n in os.listdir(os.path.dirname(out)) if n != "saved_model"]  # no leftovers
 
 
 FRESH = textwrap.dedent(
@@ -163,18 +134,16 @@ FRESH = textwrap.dedent(
 )
 
 
-def test_saved_model_in_a_fresh_process(run):
-    tmp, data_dir, model_dir, model_config, train_config = run
-    saved = os.path.join(tmp, "saved_model")
-    assert export.main(["--model_dir", model_dir, "--out", saved, "--max_chunks", "6"]) == 0
-
-    # The training run's own evaluation of the one-image split (eval.jsonl, step 20).
-    with open(os.path.join(model_dir, run_dir.EVAL_FILE)) as f:
-        results = json.loads(f.read().strip().splitlines()[-1])
-    assert results["step"] == 20 and results["sequences"] == 1
-    (raw,) = list(tf.data.TFRecordDataset(records.split_files(data_dir, "one")))
+def test_saved_model_in_a_fresh_process(exported, trained_run, test_configs, tmp_path):
+    saved, _, status = exported
+    assert status == 0
+    # The one-image split scored by the evaluation library: what log_prob must give.
+    run = evaluation.load(trained_run.model_dir, log=lambda _: None)
+    want = evaluation.likelihood(run, data_dir=trained_run.data_dir, split="one")
+    assert want["sequences"] == 1
+    (raw,) = list(tf.data.TFRecordDataset(records.split_files(trained_run.data_dir, "one")))
     seq = {k: v.numpy() for k, v in records.parse_example(raw).items() if k != "key"}
-    seq_file = os.path.join(tmp, "seq.npz")
+    seq_file = str(tmp_path / "seq.npz")
     np.savez(seq_file, **seq)
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -182,7 +151,7 @@ def test_saved_model_in_a_fresh_process(run):
         [sys.executable, "-c", FRESH, saved, seq_file],
         capture_output=True,
         text=True,
-        cwd=tmp,  # not the repository: dct_gen cannot be imported by accident
+        cwd=str(tmp_path),  # not the repository: dct_gen cannot be imported by accident
         env=env,
         timeout=600,
     )
@@ -190,12 +159,12 @@ def test_saved_model_in_a_fresh_process(run):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not out["dct_gen_imported"]
     assert out["signatures"] == ["log_prob", "sample", "upsample"]
-    r = model_config.dct.resolution
+    r = test_configs()["dct_config"].resolution
     assert out["sample_shapes"]["images"] == [2, r, r, 3]
     assert out["same_seed_same_images"]
     for name in ("", "channel_", "position_", "value_"):
         key = f"{name}bits_per_subpixel"
-        np.testing.assert_allclose(out["log_prob"][key], results[key], rtol=1e-4)
+        np.testing.assert_allclose(out["log_prob"][key], want[key], rtol=1e-4)
     assert out["upsample"]["length"] >= out["upsample"]["context_length"] > 0
     errors = out["errors"]
     assert "num_samples: must be >= 1" in errors["num_samples_zero"]
@@ -204,48 +173,222 @@ def test_saved_model_in_a_fresh_process(run):
     assert "image:" in errors["image"]
     assert "positions:" in errors["positions"]
 
-    # The sampling command line reads the SavedModel too.
-    out_dir = os.path.join(tmp, "from_saved")
-    argv = ["--saved_model", saved, "--num_samples", "2", "--out", out_dir, "--quiet"]
-    assert sample.main(argv) == 0
-    assert os.path.exists(os.path.join(out_dir, "sample_grid.png"))
+    # The sampling library reads the SavedModel too.
+    source = sampling.SavedModelSource(saved)
+    samples = source.sample(2, -1, sampling.SampleOptions(), seed=0)
+    assert len(samples.sequences) == 2 and len(samples.images()) == 2
 
 
-def test_colorize_signature_keeps_the_luma(tmp_path, gray_photo):
-    import dataclasses
-    import sys as _sys
+def _graph_context(cfg, channels):
+    """The in-graph encoder on a given image, traced as the SavedModel traces it."""
+    spec = [tf.TensorSpec([None, None, 3], tf.uint8)]
+    return tf.function(
+        lambda im: dct_ops.triples_from_dct_image(
+            dct_ops.encode_dct_image(im, cfg), cfg, channels=channels
+        ),
+        input_signature=spec,
+    )
 
-    _sys.path.insert(0, os.path.dirname(__file__))
-    from test_model import build, small_config
 
-    config = small_config()
-    config = dataclasses.replace(config, dct=dataclasses.replace(config.dct, ordering="luma_first"))
-    model = build(config)
+def _context(out):
+    n = int(out["context_length"])
+    return [out[k][0, :n].numpy() for k in ("channels", "positions", "values")]
+
+
+def test_resize_reproduces_pillow_pixel_for_pixel(color_photos, test_configs):
+    cfg = test_configs()["dct_config"]
+    rng = np.random.default_rng(0)
+    for name, photo in sorted(color_photos.items()):
+        for _ in range(3):
+            top, left = rng.integers(0, 40, 2)
+            crop = photo[top : top + rng.integers(20, 300), left : left + rng.integers(20, 300)]
+            height, width = (int(v) for v in rng.integers(3, 90, 2))
+            for gap in (None, 3.0):
+                want = Image.fromarray(crop).resize(
+                    (width, height), Image.Resampling.LANCZOS, reducing_gap=gap
+                )
+                got = saved_model.resize_like_pillow(crop, height, width, reducing_gap=gap)
+                np.testing.assert_array_equal(got.numpy(), np.asarray(want), err_msg=name)
+
+    # A 30 x 45 input comes out at exactly the numpy path's size: for upsampling (the
+    # low-resolution image, a 4 x 4 block per pixel) and for colorization.
+    photo = color_photos["chelsea.png"][100:130, 200:245]
+    assert photo.shape == (30, 45, 3)
+    b = cfg.block_size
+    context, low = sampling.upsampling_context(photo, cfg)
+    assert low.shape == (6, 8, 3) and (context.height, context.width) == (24, 32)
+    got = saved_model.resize_like_pillow(photo, context.height // b, context.width // b)
+    np.testing.assert_array_equal(got.numpy(), low)
+    colour_cfg = test_configs("dct_config.ordering = 'luma_first'")["dct_config"]
+    context, grey = sampling.colorization_context(photo, colour_cfg)
+    luma = saved_model.luma_like_codec(photo)[:, :, None]
+    got = saved_model.resize_like_pillow(luma, *grey.shape[:2], reducing_gap=3.0)
+    np.testing.assert_array_equal(got.numpy()[:, :, 0], grey[:, :, 0])
+    assert grey.shape[:2] == (24, 32)
+
+
+def test_upsample_of_a_30x45_photo_builds_the_numpy_context(exported, color_photos, test_configs):
+    loaded = tf.saved_model.load(exported[0])
+    cfg = test_configs()["dct_config"]
+    photo = color_photos["chelsea.png"][100:130, 200:245]
+    out = loaded.signatures["upsample"](image=tf.constant(photo), seed=tf.constant(0, tf.int64))
+    context, low = sampling.upsampling_context(photo, cfg)
+    assert (int(out["heights"][0]), int(out["widths"][0])) == (24, 32)
+    assert (context.height, context.width) == (24, 32)
+    channels, positions, values = _context(out)
+    np.testing.assert_array_equal(channels, context.channels)
+    np.testing.assert_array_equal(positions, context.positions)
+    # A blocky image's DC coefficients can sit exactly on a rounding edge, where the traced
+    # encoder's float order may round the other way: one step at most.
+    assert np.abs(values - context.values).max() <= 1
+    # The pixels are the numpy path's: the traced encoder on its low-resolution image agrees.
+    n = cfg.channels_per_plane
+    encode = _graph_context(cfg, (0, n, 2 * n))
+    blocky = np.repeat(np.repeat(low, cfg.block_size, axis=0), cfg.block_size, axis=1)
+    np.testing.assert_array_equal(values, encode(tf.constant(blocky))[2].numpy())
+
+
+def test_colorize_context_equals_the_numpy_path(tmp_path, color_photos, gray_photo, test_configs):
+    configs = test_configs("dct_config.ordering = 'luma_first'")
+    model_config = configs["model_config"]
+    cfg = model_config.dct
+    model = model_lib.build_model(model_config)
     saved = str(tmp_path / "colorize")
-    names = export.export(model, config, saved, target_part="chroma", max_chunks=3)
+    names = saved_model.export(model, model_config, saved, target_part="chroma", max_chunks=3)
     assert names == ["colorize", "log_prob", "sample"]
     loaded = tf.saved_model.load(saved)
-    cfg = config.dct
-    # A grey image already at the model's size: the in-graph context is the numpy codec's (the
-    # in-graph Lanczos resize differs from Pillow's, so larger inputs give other contexts).
-    context, grey = sample.colorization_context(gray_photo, cfg)
-    out = loaded.signatures["colorize"](
-        image=tf.constant(grey[:, :, :1]), seed=tf.constant(0, tf.int64)
-    )
-    n = int(out["context_length"])
-    length = int(out["lengths"][0])
-    triples = [out[k][0, :length].numpy() for k in ("channels", "positions", "values")]
-    assert n == len(context) and np.all(triples[0][n:] >= cfg.channels_per_plane)
-    np.testing.assert_array_equal(triples[0][:n], context.channels)
-    np.testing.assert_array_equal(triples[1][:n], context.positions)
-    # Float summation order: a rare coefficient on a rounding edge moves by one step.
-    assert np.abs(triples[2][:n] - context.values).max() <= 1
-    assert (int(out["heights"][0]), int(out["widths"][0])) == (context.height, context.width)
-    big = loaded.signatures["colorize"](
-        image=tf.constant(gray_photo[:, :, None]), seed=tf.constant(0, tf.int64)
-    )
-    assert int(big["heights"][0]) == cfg.resolution  # resized by the codec's rule
+    encode = _graph_context(cfg, tuple(range(cfg.channels_per_plane)))
+    inputs = {
+        "chelsea (reduced, then resampled)": color_photos["chelsea.png"],
+        "a 30 x 45 crop (enlarged)": color_photos["coffee.png"][200:230, 300:345],
+        "a grey photo, one channel": gray_photo[:, :, None],
+    }
+    for what, image in inputs.items():
+        out = loaded.signatures["colorize"](image=tf.constant(image), seed=tf.constant(0, tf.int64))
+        context, grey = sampling.colorization_context(image, cfg)
+        channels, positions, values = _context(out)
+        size = (int(out["heights"][0]), int(out["widths"][0]))
+        assert size == (context.height, context.width) == grey.shape[:2], what
+        np.testing.assert_array_equal(channels, context.channels, err_msg=what)
+        np.testing.assert_array_equal(positions, context.positions, err_msg=what)
+        # The grey image is the numpy path's pixel for pixel: the traced encoder on it gives
+        # the SavedModel's context exactly.
+        np.testing.assert_array_equal(values, encode(tf.constant(grey))[2].numpy(), err_msg=what)
+        # The traced encoder's float order rounds a rare coefficient the other way: one step.
+        differ = np.flatnonzero(values != context.values)
+        assert np.abs(values - context.values).max() <= 1, what
+        assert len(differ) <= max(2, len(values) // 50), (what, len(differ), len(values))
+        # Sampling keeps the luma and draws chroma only.
+        length = int(out["lengths"][0])
+        drawn = out["channels"][0, len(channels) : length].numpy()
+        assert np.all(drawn >= cfg.channels_per_plane), what
     with pytest.raises(tf.errors.InvalidArgumentError, match="image:"):
         loaded.signatures["colorize"](
             image=tf.zeros([4, 4, 2], tf.uint8), seed=tf.constant(0, tf.int64)
         )
+
+
+def test_out_is_refused_unless_new_empty_or_an_earlier_export(
+    trained_run, exported, tmp_path, capsys
+):
+    run_copy = str(tmp_path / "run")
+    shutil.copytree(trained_run.model_dir, run_copy)
+    before = _tree(run_copy)
+    model = f"--model_dir={run_copy}"
+
+    # The run directory itself, or a directory that holds it.
+    status, err = _export_main(capsys, model, f"--out={run_copy}")
+    assert status == 1 and f"--out={run_copy}:" in err and "run directory" in err
+    status, err = _export_main(capsys, model, f"--out={tmp_path}")
+    assert status == 1 and f"--out={tmp_path}:" in err
+    # A directory with other contents, and a file.
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    status, err = _export_main(capsys, model, f"--out={other}")
+    assert status == 1 and f"--out={other}:" in err and "refusing to replace" in err
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("keep me too")
+    status, err = _export_main(capsys, model, f"--out={a_file}")
+    assert status == 1 and f"--out={a_file}:" in err and "not a directory" in err
+    # An export that someone added files to is not ours alone any more.
+    copy = tmp_path / "export_with_notes"
+    shutil.copytree(exported[0], copy)
+    (copy / "notes.txt").write_text("mine")
+    status, err = _export_main(capsys, model, f"--out={copy}")
+    assert status == 1 and f"--out={copy}:" in err
+    assert _tree(run_copy) == before
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert a_file.read_text() == "keep me too" and (copy / "notes.txt").read_text() == "mine"
+    # Library callers get the same refusal.
+    with pytest.raises(InputError, match="run directory"):
+        saved_model.export_run(run_copy, run_copy)
+    assert _tree(run_copy) == before
+
+    # What may be replaced: nothing, an empty directory, an earlier export (also one from
+    # before the marker existed).
+    saved_model.check_out(str(tmp_path / "new"), run_copy)
+    (tmp_path / "empty").mkdir()
+    saved_model.check_out(str(tmp_path / "empty"), run_copy)
+    saved_model.check_out(exported[0], run_copy)
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(exported[0], unmarked)
+    os.remove(unmarked / saved_model.EXPORT_FILE)
+    assert saved_model.is_export(str(unmarked))
+    saved_model.check_out(str(unmarked), run_copy)
+    assert not saved_model.is_export(str(copy)) and not saved_model.is_export(run_copy)
+
+    # Bad flags: status 2; a run directory that is not one: status 1.
+    status, err = _export_main(capsys, model)
+    assert status == 2 and "--out is required" in err
+    status, err = _export_main(capsys, model, f"--out={tmp_path / 'x'}", "--max_num_samples=0")
+    assert status == 2 and "--max_num_samples" in err
+    status, err = _export_main(capsys, f"--model_dir={tmp_path / 'nowhere'}", "--out=x")
+    assert status == 1 and "--model_dir=" in err and "no such directory" in err
+    status, err = _export_main(capsys, f"--model_dir={other}", f"--out={tmp_path / 'x'}")
+    assert status == 1 and "config.json does not exist" in err
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_an_earlier_export_is_replaced_and_nothing_beside_it_touched(
+    trained_run, exported, tmp_path, capsys
+):
+    out = tmp_path / "saved_model"
+    shutil.copytree(exported[0], out)
+    os.remove(out / saved_model.EXPORT_FILE)  # an export from before the marker
+    # Paths that an older version used as its temporary directory, now someone else's.
+    for name in ("saved_model.tmp", "saved_model.partial"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text(name)
+    argv = [f"--model_dir={trained_run.model_dir}", f"--out={out}", "--max_num_samples=2"]
+    assert export.main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["saved_model"] == str(out) and report["step"] == 30
+    with open(out / saved_model.EXPORT_FILE) as f:
+        assert json.load(f)["max_num_samples"] == 2
+    assert json.loads(tf.saved_model.load(str(out)).config_json.numpy())["max_num_samples"] == 2
+    assert sorted(os.listdir(tmp_path)) == [
+        "saved_model",
+        "saved_model.partial",
+        "saved_model.tmp",
+    ]
+    for name in ("saved_model.tmp", "saved_model.partial"):
+        assert (tmp_path / name / "keep.txt").read_text() == name
+
+
+def test_help_answers_without_loading_tensorflow():
+    code = (
+        "import sys\n"
+        "from dct_gen import export\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "sys.exit(export.main(['--help']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "python -m dct_gen.export --model_dir=RUN --out=SAVED_MODEL" in result.stdout
+    for flag in ("--model_dir", "--out", "--max_num_samples", "--max_chunks"):
+        assert flag in result.stdout
+    assert export.FLAGS["max_num_samples"].default == saved_model.DEFAULT_MAX_SAMPLES

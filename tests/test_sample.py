@@ -13,71 +13,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_testing import build, real_window, small_config, stack_windows
 
 from dct_gen import layers, photos, pictures, sample, sampling
 from dct_gen import model as model_lib
 from dct_gen import representation as rep
 from dct_gen.errors import InputError, UsageError
-
-
-def small_config(num_classes=None, **kwargs):
-    """A model small enough to sample in seconds: 32 px, B = 4, chunk 12 + overlap 4."""
-    settings = dict(
-        hidden_size=32,
-        num_heads=2,
-        key_size=16,
-        ffn_multiplier=2,
-        value_dim=2,
-        encoder_spec=((1, 1),),
-        channel_spec=((1, 1),),
-        position_spec=((1, 2),),
-        value_spec=((1, 1), (1, 1)),
-        kernel_size=4,
-        stride=2,
-        chunk_size=12,
-        overlap=4,
-        dropout=0.0,
-    )
-    settings.update(kwargs)
-    dct = rep.DCTConfig(block_size=4, quality=75, resolution=32, clip=60)
-    return model_lib.ModelConfig(dct=dct, num_classes=num_classes, **settings)
-
-
-def build(config, seed=0):
-    """A model whose ReZero scalars are non-zero (at zero every block is the identity, and
-    cached decoding would match the forward pass for the wrong reason)."""
-    keras.utils.set_random_seed(seed)
-    model = model_lib.build_model(config)
-    for stack in model.layers:
-        if isinstance(stack, layers.TransformerStack):
-            for block in stack.blocks:
-                block.rezero.assign(
-                    np.random.default_rng(seed).uniform(0.5, 1.0, block.rezero.shape)
-                )
-    return model
-
-
-def real_window(seq, cfg, start, chunk_size, overlap):
-    """One example as dct_gen.data cuts it: the window, its mask and the DCT image before it."""
-    channels = np.append(seq.channels, cfg.stop_token)
-    positions = np.append(seq.positions, 0)
-    values = np.append(seq.values, 0)
-    first = max(start - overlap, 0)
-    idx = first + np.arange(chunk_size + overlap)
-    real = idx < min(start + chunk_size, channels.size)
-    safe = np.where(real, idx, 0)
-    return {
-        "channels": np.where(real, channels[safe], 0).astype(np.int32),
-        "positions": np.where(real, positions[safe], 0).astype(np.int32),
-        "values": np.where(real, values[safe], 0).astype(np.int32),
-        "mask": real.astype(np.float32),
-        "dct_image": rep.dct_image(seq, cfg, num_triples=start).astype(np.int32),
-        "label": np.int32(-1),
-    }
-
-
-def stack_windows(windows):
-    return {k: np.stack([w[k] for w in windows]) for k in windows[0]}
 
 
 def _with_ordering(config, ordering):
