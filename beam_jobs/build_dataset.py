@@ -226,10 +226,11 @@ def job_arguments(beam_args: Sequence[str], fv: flags.FlagValues = FLAGS) -> dic
         Beam pipeline option (with the closest name).
       InputError: bad gin files (see `representation`).
     """
-    cli.require(fv, "output_dir")
     pipeline = _pipeline()
     beam_args = list(beam_args)
+    # An unknown flag first: a typo may be why a required flag looks missing.
     pipeline.check_pipeline_args(beam_args, job_flags=list(fv))
+    cli.require(fv, "output_dir")
     kwargs = dict(
         image_glob=fv.image_glob,
         labels_from_dirs=fv.labels_from_dirs,
