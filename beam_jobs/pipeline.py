@@ -222,19 +222,13 @@ def run_pipeline(
         )
     )
 
-    try:
-        p.run().wait_until_finish()
-    except Exception as e:
-        # Runners wrap a DoFn's exception (multi-processing workers send back only its text):
-        # when the finalize step failed the job, raise its error, rebuilt from info.json.
-        info = outputs.read_info(output_dir)
-        entry = (info or {}).get("splits", {}).get(out_split)
-        message = entry and outputs.failed_fraction_message(entry, output_dir, out_split)
-        if message and "FailedFractionError" in f"{type(e).__name__} {e}":
-            raise outputs.FailedFractionError(message) from e
-        raise
+    p.run().wait_until_finish()
     info = outputs.read_info(output_dir)
     if info is None or out_split not in outputs.completed_splits(output_dir):
+        entry = (info or {}).get("splits", {}).get(out_split)
+        message = entry and outputs.failed_fraction_message(entry, output_dir, out_split)
+        if message:
+            raise outputs.FailedFractionError(message)
         raise RuntimeError(
             f"the pipeline finished but {output_dir} lacks COMPLETED for {out_split}"
         )

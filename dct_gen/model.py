@@ -407,7 +407,7 @@ def forward(model: keras.Model, batch: dict, training: bool = False) -> dict:
 
 
 def compute_losses(outputs: dict, batch: dict, dct: DCTConfig) -> dict:
-    """Cross-entropies under the loss mask, in nats, and bits per subpixel (DESIGN.md).
+    """Cross-entropies under the loss mask, in nats, and bits per subpixel (docs/representation.md).
 
     Target elements (loss_mask 1) count the channel, position and value cross-entropies; the
     stop element counts only its channel; overlap and padding count nothing.

@@ -581,7 +581,7 @@ def upsampling_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequen
     side = resolution, `representation.target_size`); the input is resized to (H / B, W / B)
     when it is not that size already. Each input pixel then fills one B x B block: encoding
     that blocky image gives DC coefficients that are the quantized block means, and its first
-    channels of Y, Cb and Cr (the first three of the interleaved ordering, DESIGN.md) are the
+    channels of Y, Cb and Cr (the first three of the interleaved ordering) are the
     context. Returns the context (with size H x W) and the low-resolution image used.
     """
     if cfg.ordering != "interleaved":

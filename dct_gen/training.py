@@ -280,7 +280,7 @@ def evaluate(
 
     Every chunk of every sequence is scored once (data.make_dataset(mode='eval')); a sequence's
     bits are the sum over its chunks' target elements, stop token included, divided by
-    3 * height * width (DESIGN.md). Names: bits_per_subpixel and {channel, position,
+    3 * height * width (docs/representation.md). Names: bits_per_subpixel and {channel, position,
     value}_bits_per_subpixel (means over sequences), chunk_{k}/bits_per_subpixel and
     chunk_{k}/{component}_bits_per_subpixel (the mean over sequences that have a chunk k of
     that chunk's share: paper Figure 9), sequences and chunks counted. With max_batches only a

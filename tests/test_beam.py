@@ -619,6 +619,21 @@ def test_too_many_failures_fail_the_job_loudly(folder, tmp_path):
         records.split_files(str(out), "train")
 
 
+def test_too_many_failures_are_one_line_on_the_command_line(folder, tmp_path, capfd):
+    root, _, bad = folder
+    argv = [
+        f"--output_dir={tmp_path / 'out'}",
+        f"--image_glob={root / '*' / '*'}",
+        "--block_size=4", "--quality=75", "--resolution=32", "--clip=200",
+        "--num_shards=2", "--max_failed_fraction=0.01", *IN_PROCESS,
+    ]  # fmt: skip
+    assert build_dataset.main(argv) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("beam_jobs.build_dataset: ")]
+    assert len(lines) == 1 and f"{len(bad)} of" in lines[0], err
+
+
 # ----------------------------------------------------------------------------------------------
 # TFDS inputs.
 

@@ -193,7 +193,7 @@ def test_mixed_bfloat16_training_step(photo_sequences):
 
 @pytest.mark.slow  # about 15 s: tracing the step for two replicas
 def test_distributed_step_on_two_cpus(photo_sequences):
-    """The step under MirroredStrategy, optimizer built in scope first (see STACK notes)."""
+    """The step under MirroredStrategy, optimizer built in scope first."""
     cfg, seqs = photo_sequences["interleaved"]
     config = small_config(chunk_size=24, overlap=4)
     batch = stack_windows([real_window(s, cfg, 0, 24, 4) for s in seqs[:2]])
