@@ -27,12 +27,6 @@ def _load(path: str) -> np.ndarray:
     return photos.load_rgb(path)
 
 
-def crop_even(image: np.ndarray, multiple: int = 16) -> np.ndarray:
-    """Crops an image to sides that are multiples of `multiple` (no resampling)."""
-    h, w = image.shape[:2]
-    return image[: h // multiple * multiple, : w // multiple * multiple]
-
-
 @pytest.fixture(scope="session")
 def color_photos() -> dict[str, np.ndarray]:
     """name -> uint8 RGB array, for the colour photos (retina and hubble left out: large)."""

@@ -54,6 +54,21 @@ def test_help_answers_promptly(prog):
 
 
 @pytest.mark.parametrize("prog", ENTRY_POINTS)
+def test_an_entry_point_imports_no_heavy_library(prog):
+    """What makes --help prompt: the libraries load after the flags parse."""
+    code = (
+        f"import sys, {prog}\n"
+        "heavy = ('tensorflow', 'keras', 'numpy', 'apache_beam', 'matplotlib')\n"
+        "loaded = sorted(m for m in heavy if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("prog", ENTRY_POINTS)
 def test_an_unknown_flag_is_one_line_and_status_2(prog):
     status, _, err, _ = _run(prog, "--no_such_flag=1")
     assert status == 2

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import crop_even
+from testing_helpers import crop_even
 
 from dct_gen import dct_ops
 from dct_gen import representation as rep

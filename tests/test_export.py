@@ -374,21 +374,3 @@ def test_an_earlier_export_is_replaced_and_nothing_beside_it_touched(
     ]
     for name in ("saved_model.tmp", "saved_model.partial"):
         assert (tmp_path / name / "keep.txt").read_text() == name
-
-
-def test_help_answers_without_loading_tensorflow():
-    code = (
-        "import sys\n"
-        "from dct_gen import export\n"
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules)\n"
-        "assert not heavy, heavy\n"
-        "sys.exit(export.main(['--help']))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "python -m dct_gen.export --model_dir=RUN --out=SAVED_MODEL" in result.stdout
-    for flag in ("--model_dir", "--out", "--max_num_samples", "--max_chunks"):
-        assert flag in result.stdout
-    assert export.FLAGS["max_num_samples"].default == saved_model.DEFAULT_MAX_SAMPLES

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_testing import build, random_batch, real_window, small_config, stack_windows
+from testing_helpers import build, random_batch, real_window, small_config, stack_windows
 
 from dct_gen import layers
 from dct_gen import model as model_lib

@@ -8,8 +8,8 @@ import jpeglib
 import numpy as np
 import pytest
 import scipy.fft
-from conftest import crop_even
 from PIL import Image
+from testing_helpers import crop_even
 
 from dct_gen import representation as rep
 from dct_gen.representation import DCTConfig, decode, encode

@@ -1,5 +1,5 @@
-"""Small models and real windows for the model and sampling tests (not a test file: helpers
-that tests/test_model.py and tests/test_sample.py share)."""
+"""Helpers several test files share (not a test file): photo crops, small models and real
+windows for the model and sampling tests."""
 
 import keras
 import numpy as np
@@ -89,3 +89,9 @@ def real_window(seq, cfg, start, chunk_size, overlap):
 
 def stack_windows(windows):
     return {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+
+
+def crop_even(image: np.ndarray, multiple: int = 16) -> np.ndarray:
+    """Crops an image to sides that are multiples of `multiple` (no resampling)."""
+    h, w = image.shape[:2]
+    return image[: h // multiple * multiple, : w // multiple * multiple]
