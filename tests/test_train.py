@@ -141,6 +141,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow  # a training run of its own (about a minute): `make test-slow`
 def test_a_crashed_run_resumes_to_the_same_losses(run, test_configs, tmp_path):
     """Dropout on, so the dropout seed state must be restored too; op determinism on."""
     dropout = dataclasses.replace(test_configs()["model_config"], dropout=0.1)
@@ -203,6 +204,7 @@ def test_nan_loss_stops_the_run(run, test_configs, tmp_path):
     assert saved == sorted(steps, reverse=True)  # every finite step saved, the bad one not
 
 
+@pytest.mark.slow  # a training run of its own (about a minute): `make test-slow`
 def test_two_replicas_split_the_batch(run, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     lines = []
@@ -222,6 +224,7 @@ def test_two_replicas_split_the_batch(run, tmp_path):
     assert (again.resumed_from, again.stopped) == (2, "already_done")
 
 
+@pytest.mark.slow  # a training run of its own (about a minute): `make test-slow`
 def test_sigterm_saves_a_checkpoint(run, test_data_dir, tmp_path):
     """The command line end to end: runs until SIGTERM, saves, exits 143, resumes."""
     cmd = [
