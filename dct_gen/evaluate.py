@@ -208,14 +208,14 @@ def _main(argv: list[str]) -> int:
         )
     _check_flags(samples_dir)
 
-    from dct_gen import metrics, training
+    from dct_gen import metrics, run_dir, training
 
     strategy = training.make_strategy(FLAGS.tpu) if FLAGS.data_dir else None
     if FLAGS.generate:
         # The weights first: a missing file should not cost the sampling time.
         metrics.inception_weights_path(FLAGS.inception_weights)
         evaluation.generate_samples(
-            evaluation.load(FLAGS.model_dir, checkpoint=FLAGS.checkpoint),
+            run_dir.load_run(FLAGS.model_dir, checkpoint=FLAGS.checkpoint),
             num_samples=FLAGS.num_samples,
             out_dir=samples_dir,
             seed=FLAGS.seed,

@@ -4,7 +4,7 @@ The library behind `python -m dct_gen.evaluate`. Two kinds of figures, each comp
 inputs are given:
 
 - Exact bits per subpixel of a held-out split (`likelihood`): the run's model is rebuilt from its
-  config.json and a checkpoint restored (`load`, through `dct_gen.run_dir.load_run`), and
+  config.json and a checkpoint restored (`dct_gen.run_dir.load_run`), and
   `dct_gen.training.evaluate`, the training loop's own evaluator, scores every chunk of every
   sequence. For the same checkpoint and split the figures equal the run's eval.jsonl line.
 - Sample metrics of a folder of generated images (`sample_metrics`): FID, sFID, precision and
@@ -72,27 +72,6 @@ def default_split(model_dir: str) -> str:
     return run_dir.last_eval_split(model_dir) or DEFAULT_SPLIT
 
 
-def load(
-    model_dir: str,
-    *,
-    checkpoint: int | None = None,
-    strategy=None,
-    log: Callable[[str], None] = print,
-) -> run_dir.LoadedRun:
-    """`run_dir.load_run` (the run's own precision), its failures as InputError.
-
-    Raises:
-      InputError: no such directory, no config.json, a config.json that is not a run's, no
-        checkpoint (or not the one asked for), or none that restores.
-    """
-    try:
-        return run_dir.load_run(model_dir, checkpoint=checkpoint, strategy=strategy, log=log)
-    except InputError:
-        raise
-    except (run_dir.RunDirectoryError, ValueError) as e:  # ValueError: a bad config.json
-        raise InputError(str(e)) from e
-
-
 def likelihood(
     run: run_dir.LoadedRun,
     *,
@@ -105,7 +84,7 @@ def likelihood(
     (name, value) pairs as a dict (total, per component, per chunk index, counts).
 
     Args:
-      run: from `load`.
+      run: from `dct_gen.run_dir.load_run`.
       data_dir: a beam_jobs dataset in the run's representation (checked against info.json).
       split: the held-out split.
       batch_size: chunks per step (default: the run's batch size; the figures do not depend
@@ -330,7 +309,7 @@ def run_evaluation(
     Raises:
       UsageError: nothing to evaluate, or sample metrics without a reference dataset.
       InputError: a missing run, dataset, split, folder or weights file, too few images, or
-        data that does not read (see `load`, `likelihood`, `sample_metrics`).
+        data that does not read (see `run_dir.load_run`, `likelihood`, `sample_metrics`).
     """
     import tensorflow as tf
 
@@ -373,7 +352,7 @@ def run_evaluation(
     step = None
     if data_dir is not None:
         split = split or default_split(model_dir)
-        run = load(model_dir, checkpoint=checkpoint, strategy=strategy, log=log)
+        run = run_dir.load_run(model_dir, checkpoint=checkpoint, strategy=strategy, log=log)
         step = run.step
         start = time.perf_counter()
         values = likelihood(

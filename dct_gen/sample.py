@@ -135,7 +135,7 @@ def _source(sampling):
     cli.existing_dir("model_dir", FLAGS.model_dir, "run directory")
     try:
         run = run_dir.load_run(FLAGS.model_dir, mixed_precision=False, log=lambda line: None)
-    except (run_dir.RunDirectoryError, ValueError) as e:
+    except InputError as e:
         raise InputError(f"--model_dir: {e}") from None
     return sampling.Sampler(run.model, run.model_config, jit_compile=FLAGS.jit), "model_dir"
 

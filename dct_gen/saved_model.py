@@ -704,14 +704,9 @@ def export_run(
         trained run (no directory, config.json or checkpoint that restores).
     """
     check_out(out, model_dir)
-    try:
-        run = run_dir.load_run(
-            model_dir, checkpoint=checkpoint, mixed_precision=False, log=log or (lambda _: None)
-        )
-    except InputError:
-        raise
-    except (run_dir.RunDirectoryError, ValueError) as e:  # ValueError: a bad config.json
-        raise InputError(str(e)) from e
+    run = run_dir.load_run(
+        model_dir, checkpoint=checkpoint, mixed_precision=False, log=log or (lambda _: None)
+    )
     names = export(
         run.model,
         run.model_config,

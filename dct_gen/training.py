@@ -17,7 +17,7 @@ precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
   state and the input iterator (the data stream resumes exactly), every checkpoint_every
   steps, at the end and at SIGTERM. A run resumes from its model_dir by itself; a checkpoint
   that fails to restore is reported and the next older one is tried; when checkpoints exist
-  and none restores the run stops (`UnrestorableCheckpointsError`) rather than start again
+  and none restores the run stops (`run_dir.NoValidCheckpointError`) rather than start again
   from step 0.
 - Logs: model_dir/metrics.jsonl (one JSON line per log step), TensorBoard events under
   model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per held-out
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from dct_gen import run_dir
-from dct_gen.errors import InputError, UserError
+from dct_gen.errors import InputError
 
 COMPONENTS = ("channel", "position", "value")
 
@@ -52,11 +52,6 @@ COMPONENTS = ("channel", "position", "value")
 class NonFiniteLossError(InputError, FloatingPointError):
     """The loss became NaN or infinite; the run stops without saving (the learning rate or the
     data is at fault, so the command line reports it as one line and exits 1)."""
-
-
-class UnrestorableCheckpointsError(run_dir.NoValidCheckpointError, InputError):
-    """Checkpoints exist in the run directory but none restores: the run refuses to start
-    again from step 0. A `run_dir.NoValidCheckpointError` that is also an `InputError`."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,8 +430,8 @@ def train(
       InputError: a config contradicts the dataset, another config or the replicas; data_dir
         is not a dataset or lacks a split; model_dir holds checkpoints of another model.
       NonFiniteLossError: (an InputError) the loss became NaN or infinite (nothing is saved).
-      UnrestorableCheckpointsError: (an InputError and a run_dir.NoValidCheckpointError)
-        checkpoints exist in model_dir but none restores.
+      run_dir.NoValidCheckpointError: (an InputError) checkpoints exist in model_dir but none
+        restores.
       ValueError: an argument out of range (log_every < 1, ...).
     """
     # ---- Setup: configs against the data, strategy, precision, seeds.
@@ -491,12 +486,7 @@ def train(
         else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
     )
     os.makedirs(model_dir, exist_ok=True)
-    try:
-        run_dir.save_run_config(model_dir, model_config, train_config)
-    except ValueError as e:  # another architecture's checkpoints, an unreadable config.json
-        if isinstance(e, UserError):
-            raise
-        raise InputError(str(e)) from e
+    run_dir.save_run_config(model_dir, model_config, train_config)
     if operative_config is not None:
         with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
             f.write(operative_config)
@@ -571,12 +561,7 @@ def train(
         flops_per_token = model_lib.flops_per_token(model_config)
 
         # ---- Restore: the newest checkpoint that restores; never a silent restart.
-        try:
-            resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
-        except run_dir.NoValidCheckpointError as e:
-            if isinstance(e, UserError):
-                raise
-            raise UnrestorableCheckpointsError(str(e)) from e
+        resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
         step = int(optimizer.iterations.numpy())
         if resumed_from is None:
             log(f"no checkpoint in {checkpoint_dir}: starting at step 0")

@@ -110,7 +110,7 @@ def test_bits_per_subpixel_equal_the_training_runs_evaluation(run_copy, test_dat
 
 def test_load_names_what_is_missing(trained_run, test_configs, tmp_path):
     configs = test_configs()
-    run = evaluation.load(trained_run.model_dir, log=lambda _: None)
+    run = run_dir.load_run(trained_run.model_dir, log=lambda _: None)
     model, model_config, dct_config, train_config = run
     assert (dct_config, model_config, train_config) == (
         configs["dct_config"],
@@ -118,18 +118,18 @@ def test_load_names_what_is_missing(trained_run, test_configs, tmp_path):
         configs["train_config"],
     )
     assert run.step == 30 and model.count_params() > 0
-    older = evaluation.load(trained_run.model_dir, checkpoint=20, log=lambda _: None)
+    older = run_dir.load_run(trained_run.model_dir, checkpoint=20, log=lambda _: None)
     assert older.step == 20 and older.checkpoint.endswith("ckpt-20")
 
     with pytest.raises(InputError, match="does not exist"):
-        evaluation.load(str(tmp_path / "nowhere"))
+        run_dir.load_run(str(tmp_path / "nowhere"))
     with pytest.raises(InputError, match="config.json does not exist"):
-        evaluation.load(str(tmp_path))
+        run_dir.load_run(str(tmp_path))
     shutil.copy(os.path.join(trained_run.model_dir, run_dir.RUN_CONFIG_FILE), tmp_path)
     with pytest.raises(InputError, match="no checkpoint in .*checkpoints"):
-        evaluation.load(str(tmp_path))
+        run_dir.load_run(str(tmp_path))
     with pytest.raises(InputError, match="no checkpoint 15"):
-        evaluation.load(trained_run.model_dir, checkpoint=15)
+        run_dir.load_run(trained_run.model_dir, checkpoint=15)
 
 
 def test_sample_metrics_end_to_end_with_a_stand_in_network(run_copy, test_data_dir, tmp_path):
@@ -239,7 +239,7 @@ def test_bad_flags_and_bad_input_are_one_line_each(run_copy, test_data_dir, tmp_
 
 
 def test_generated_samples_feed_the_sample_metrics(run_copy, test_data_dir, tmp_path):
-    run = evaluation.load(run_copy, log=lambda _: None)
+    run = run_dir.load_run(run_copy, log=lambda _: None)
     out = str(tmp_path / "generated")
     evaluation.generate_samples(run, num_samples=5, out_dir=out, max_chunks=3, log=None)
     files = sorted(os.listdir(out))

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dct_gen import dct_ops, evaluation, export, records, sampling, saved_model
+from dct_gen import dct_ops, evaluation, export, records, run_dir, sampling, saved_model
 from dct_gen import model as model_lib
 from dct_gen.errors import InputError
 
@@ -138,7 +138,7 @@ def test_saved_model_in_a_fresh_process(exported, trained_run, test_configs, tmp
     saved, _, status = exported
     assert status == 0
     # The one-image split scored by the evaluation library: what log_prob must give.
-    run = evaluation.load(trained_run.model_dir, log=lambda _: None)
+    run = run_dir.load_run(trained_run.model_dir, log=lambda _: None)
     want = evaluation.likelihood(run, data_dir=trained_run.data_dir, split="one")
     assert want["sequences"] == 1
     (raw,) = list(tf.data.TFRecordDataset(records.split_files(trained_run.data_dir, "one")))
