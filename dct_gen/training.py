@@ -36,6 +36,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -97,9 +98,14 @@ def check_split(data_dir: str, split: str) -> list[str]:
 # Pieces of the loop (each replaceable: a TPU-specific step or loop can swap in for these).
 
 
+@functools.cache
 def make_strategy(tpu: str | None = None):
     """TPUStrategy (tpu given), MultiWorkerMirrored (TF_CONFIG with several tasks), Mirrored
-    (local GPUs), else the default strategy."""
+    (local GPUs), else the default strategy.
+
+    Made once per process and argument: a second MirroredStrategy in the same process hands out
+    the collective keys the first one used, and its all-reduce fails ("Shape mismatch in the
+    collective instance"); a TPU system is initialized once."""
     import tensorflow as tf
 
     if tpu:

@@ -22,6 +22,14 @@ tf.config.set_logical_device_configuration(
 from dct_gen import photos  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One MirroredStrategy over the two logical CPUs, shared by every test that needs one: two
+    strategies in one process hand out the same collective instance keys, and the second one's
+    all-reduce then fails with "Shape mismatch in the collective instance" (TF issue 62790)."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @functools.cache
 def _load(path: str) -> np.ndarray:
     return photos.load_rgb(path)

@@ -187,10 +187,9 @@ def test_same_seed_same_batches(dataset_dir):
     assert differs
 
 
-def test_under_tf_distribute_with_two_cpus(dataset_dir):
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "conftest splits the CPU into two logical devices"
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+def test_under_tf_distribute_with_two_cpus(dataset_dir, two_cpu_strategy):
+    assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest splits the CPU in two"
+    strategy = two_cpu_strategy
     global_batch = 8
 
     def dataset_fn(ctx: tf.distribute.InputContext):

@@ -192,12 +192,12 @@ def test_mixed_bfloat16_training_step(photo_sequences):
 
 
 @pytest.mark.slow  # about 15 s: tracing the step for two replicas
-def test_distributed_step_on_two_cpus(photo_sequences):
+def test_distributed_step_on_two_cpus(photo_sequences, two_cpu_strategy):
     """The step under MirroredStrategy, optimizer built in scope first."""
     cfg, seqs = photo_sequences["interleaved"]
     config = small_config(chunk_size=24, overlap=4)
     batch = stack_windows([real_window(s, cfg, 0, 24, 4) for s in seqs[:2]])
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     with strategy.scope():
         model = model_lib.build_model(config)
         optimizer = keras.optimizers.Adam(1e-3)

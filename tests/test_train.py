@@ -205,8 +205,8 @@ def test_nan_loss_stops_the_run(run, test_configs, tmp_path):
 
 
 @pytest.mark.slow  # a training run of its own (about a minute): `make test-slow`
-def test_two_replicas_split_the_batch(run, tmp_path):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_two_replicas_split_the_batch(run, two_cpu_strategy, tmp_path):
+    strategy = two_cpu_strategy
     lines = []
     result = run(
         tmp_path,
