@@ -23,7 +23,15 @@ precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
   model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per held-out
   evaluation, `evaluate`), a console line per log step with an ETA. Every run-directory name
   comes from `dct_gen.run_dir`.
-- A NaN or infinite loss stops the run (`NonFiniteLossError`) before anything is saved.
+- Learning-rate schedule (`Schedule`): fixed in config.json when the run starts (length, peak,
+  warmup). A resumed run whose settings give another is refused (`check_same_plan`); the one
+  way to change it is an explicit extension (`extend_schedule`: a cosine from the current rate
+  down to 0 at the new end, so the rate never jumps), recorded in config.json.
+- Healthy checkpoints: a NaN or infinite loss or gradient norm stops the run
+  (`NonFiniteLossError`). That loss was computed on the previous step's weights, so their
+  checkpoint, if there is one, is deleted; weights that are not finite are never saved. A
+  checkpoint left after the error is healthy: every element of its weights is finite and the
+  loss the next step computed on them (when one ran) was finite.
 
 Errors a user causes (a config that contradicts the data, another architecture in the run
 directory, a missing dataset or split, checkpoints none of which restores, a non-finite loss)
@@ -51,7 +59,8 @@ COMPONENTS = ("channel", "position", "value")
 
 
 class NonFiniteLossError(InputError, FloatingPointError):
-    """The loss became NaN or infinite; the run stops without saving (the learning rate or the
+    """The loss or gradient norm became NaN or infinite (or the weights did at a save); the run
+    stops, and the checkpoint of the weights that gave it is deleted (the learning rate or the
     data is at fault, so the command line reports it as one line and exits 1)."""
 
 
@@ -131,17 +140,265 @@ def steps_for_tokens(tokens: int, batch_size: int, chunk_size: int) -> int:
     return max(1, math.ceil(tokens / (batch_size * chunk_size)))
 
 
-def make_learning_rate(peak: float, warmup_steps: int, total_steps: int):
-    """Linear warmup from 0 to `peak` over warmup_steps, then cosine decay to 0 at total_steps."""
+def make_learning_rate(peak: float, warmup_steps: int, total_steps: int, extensions=()):
+    """Linear warmup from 0 to `peak` over warmup_steps, then cosine decay to 0 at total_steps;
+    each of `extensions` (`Extension`s, in order) replaces the rest of it from its at_step on.
+
+    Returns:
+      A Keras LearningRateSchedule: rate(step), where step is the number of steps already
+      taken (the optimizer's iteration count).
+    """
     import keras
 
     warmup = min(warmup_steps, max(total_steps - 1, 0))
-    return keras.optimizers.schedules.CosineDecay(
+    base = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
         decay_steps=max(total_steps - warmup, 1),
         alpha=0.0,
         warmup_target=peak,
         warmup_steps=warmup,
+    )
+    if not extensions:
+        return base
+    return _extended_schedule_class()(base, tuple(extensions))
+
+
+@functools.cache
+def _extended_schedule_class():
+    """The Keras schedule class of an extended run (made on first use: Keras loads lazily)."""
+    import keras
+    from keras import ops
+
+    class ExtendedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        """A base schedule whose rest, from each extension's at_step on, is that extension's
+        cosine from its learning_rate down to 0 at its total_steps (0 after it)."""
+
+        def __init__(self, base, extensions):
+            self.base = base
+            self.extensions = extensions
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            rate = self.base(step)
+            for e in self.extensions:
+                length = float(max(e.total_steps - e.at_step, 1))
+                progress = ops.clip((step - float(e.at_step)) / length, 0.0, 1.0)
+                tail = e.learning_rate * 0.5 * (1.0 + ops.cos(math.pi * progress))
+                rate = ops.where(step >= float(e.at_step), ops.cast(tail, rate.dtype), rate)
+            return rate
+
+        def get_config(self):
+            return {
+                "base": self.base.get_config(),
+                "extensions": [dataclasses.asdict(e) for e in self.extensions],
+            }
+
+    return ExtendedSchedule
+
+
+# ----------------------------------------------------------------------------------------------
+# The schedule: fixed in config.json when a run starts, changed only by an explicit extension.
+
+
+@dataclasses.dataclass(frozen=True)
+class Extension:
+    """A new tail of a run's schedule: from at_step on, a cosine from learning_rate down to 0 at
+    total_steps.
+
+    Attributes:
+      at_step: the step the run was at when the extension was asked for.
+      learning_rate: the rate at at_step: the schedule's own rate there (so it never jumps), or
+        the rate asked for (extend_learning_rate).
+      total_steps: where the new tail reaches 0: the run's planned steps + extend_steps.
+      extend_steps, extend_learning_rate: what was asked for (None: not given). A run asking for
+        the same again follows this extension and adds none.
+    """
+
+    at_step: int
+    learning_rate: float
+    total_steps: int
+    extend_steps: int | None = None
+    extend_learning_rate: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A run's learning-rate schedule, as config.json records it under "schedule".
+
+    Attributes:
+      learning_rate: the peak rate (train_config.learning_rate when the run started).
+      warmup_steps: the linear warmup (train_config.warmup_steps when the run started).
+      planned_steps: the length the run started with: max_steps, or the steps of the token
+        budget (`steps_for_tokens`); the base cosine reaches 0 there.
+      tokens: train_config.tokens when the run started.
+      max_steps: the max_steps the run started with (None: its length came from tokens).
+      extensions: tails added since, in order (`Extension`).
+    """
+
+    learning_rate: float
+    warmup_steps: int
+    planned_steps: int
+    tokens: int
+    max_steps: int | None = None
+    extensions: tuple[Extension, ...] = ()
+
+    @property
+    def total_steps(self) -> int:
+        """Where the schedule ends: the last extension's end, else planned_steps."""
+        return self.extensions[-1].total_steps if self.extensions else self.planned_steps
+
+    def learning_rate_schedule(self):
+        """The Keras schedule (`make_learning_rate`) the optimizer follows."""
+        return make_learning_rate(
+            self.learning_rate, self.warmup_steps, self.planned_steps, self.extensions
+        )
+
+    def rate_at(self, step: int) -> float:
+        """The learning rate of the update after `step` steps (what metrics.jsonl logs at
+        `step`)."""
+        return float(self.learning_rate_schedule()(step))
+
+    def to_json(self) -> dict:
+        value = dataclasses.asdict(self)
+        value["extensions"] = [dataclasses.asdict(e) for e in self.extensions]
+        value["total_steps"] = self.total_steps
+        return value
+
+    @classmethod
+    def from_json(cls, value, where: str) -> Schedule:
+        """The schedule config.json records.
+
+        Raises:
+          InputError: it is not a schedule (the message names `where`).
+        """
+        try:
+            fields = {f.name for f in dataclasses.fields(cls)} - {"extensions"}
+            extensions = tuple(Extension(**e) for e in value.get("extensions", ()))
+            return cls(**{k: value[k] for k in fields if k in value}, extensions=extensions)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise InputError(f'{where}: "schedule" is not a learning-rate schedule ({e})') from e
+
+
+def stored_schedule(model_dir: str) -> Schedule | None:
+    """The schedule model_dir/config.json records; None when there is none (no config.json, or
+    one written before schedules were recorded)."""
+    path = os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)
+    value = (run_dir.read_json(path) or {}).get("schedule")
+    return None if value is None else Schedule.from_json(value, path)
+
+
+def _length_source(schedule: Schedule) -> str:
+    if schedule.max_steps is not None:
+        return f"max_steps {schedule.max_steps}"
+    return f"train_config.tokens = {schedule.tokens:g}"
+
+
+def check_same_plan(stored: Schedule, planned: Schedule, where: str) -> None:
+    """Refuses a resumed run whose settings would change the schedule it started with.
+
+    Args:
+      stored: the schedule config.json recorded when the run started.
+      planned: the schedule this run's settings give (max_steps or tokens, peak, warmup).
+      where: the config.json path, for the message.
+
+    Raises:
+      InputError: a different length, peak rate or warmup; the message names both values and
+        the way to extend the run (extend_steps, extend_learning_rate).
+    """
+    if planned.planned_steps != stored.planned_steps:
+        more = planned.planned_steps - stored.planned_steps
+        way = (
+            f"keep {_length_source(stored)} and add --extend_steps {more} (extend_steps={more}) "
+            f"to train {more} steps more than planned"
+            if more > 0
+            else f"keep {_length_source(stored)}: a schedule is never shortened (stop the run "
+            "instead)"
+        )
+        raise InputError(
+            f"{_length_source(planned)} makes the schedule {planned.planned_steps} steps long, "
+            f"but {where} fixed it at {stored.planned_steps} steps ({_length_source(stored)}) "
+            f"when the run started, and a new length would make the learning rate jump: {way}"
+        )
+    if planned.learning_rate != stored.learning_rate:
+        raise InputError(
+            f"train_config.learning_rate = {planned.learning_rate:g}, but {where} fixed the "
+            f"schedule's peak at {stored.learning_rate:g} when the run started: keep "
+            f"{stored.learning_rate:g}, and add --extend_learning_rate {planned.learning_rate:g} "
+            f"(extend_learning_rate={planned.learning_rate:g}) to go on from the current step "
+            "with a cosine from that rate down to 0"
+        )
+    if planned.warmup_steps != stored.warmup_steps:
+        raise InputError(
+            f"train_config.warmup_steps = {planned.warmup_steps}, but {where} fixed it at "
+            f"{stored.warmup_steps} when the run started: keep {stored.warmup_steps}"
+        )
+
+
+def extend_schedule(
+    schedule: Schedule,
+    step: int,
+    extend_steps: int | None,
+    extend_learning_rate: float | None,
+    where: str,
+) -> Schedule:
+    """The schedule with the extension asked for, starting at `step`; `schedule` itself when
+    none is asked for, or when its last extension is the same request (a rerun of the command
+    that asked for it).
+
+    The rule: from `step` on, the rate follows a cosine from its current value (or from
+    extend_learning_rate) down to 0 at planned_steps + extend_steps (or at the schedule's
+    current end, when only extend_learning_rate is given). Without extend_learning_rate the
+    rate never jumps.
+
+    Raises:
+      InputError: the extension would shorten the schedule, leaves nothing to train, or would
+        train at rate 0 (a finished schedule without extend_learning_rate).
+    """
+    if extend_steps is None and extend_learning_rate is None:
+        return schedule
+    last = schedule.extensions[-1] if schedule.extensions else None
+    if last is not None and (last.extend_steps, last.extend_learning_rate) == (
+        extend_steps,
+        extend_learning_rate,
+    ):
+        return schedule
+    end = schedule.total_steps
+    if extend_steps is not None:
+        end = schedule.planned_steps + extend_steps
+        if end < schedule.total_steps:
+            raise InputError(
+                f"--extend_steps {extend_steps} would end the schedule at step {end}, but {where} "
+                f"already has it end at step {schedule.total_steps} (--extend_steps "
+                f"{schedule.total_steps - schedule.planned_steps}): extend_steps counts from the "
+                f"run's planned {schedule.planned_steps} steps, so give more, or none to go on "
+                "as recorded"
+            )
+    if end <= step:
+        raise InputError(
+            f"the run is at step {step} and its schedule ends at step {end}: nothing is left to "
+            "train; --extend_steps N trains to step planned + N "
+            f"({schedule.planned_steps} + N)"
+        )
+    if extend_learning_rate is None:
+        if step >= schedule.total_steps:
+            raise InputError(
+                f"the run finished its schedule at step {schedule.total_steps}, where the "
+                f"learning rate is 0: --extend_steps {extend_steps} alone would train at rate "
+                "0; add --extend_learning_rate R to train with a cosine from R down to 0 over "
+                f"steps {step} to {end}"
+            )
+        rate = schedule.rate_at(step)
+    else:
+        rate = float(extend_learning_rate)
+    kept = tuple(e for e in schedule.extensions if e.at_step < step)
+    extension = Extension(step, rate, end, extend_steps, extend_learning_rate)
+    return dataclasses.replace(schedule, extensions=kept + (extension,))
+
+
+def _describe(extension: Extension) -> str:
+    return (
+        f"from step {extension.at_step}, a cosine from {extension.learning_rate:.3g} down to 0 "
+        f"at step {extension.total_steps}"
     )
 
 
@@ -178,8 +435,10 @@ def measure_peak_flops(dtype: str = "float32", size: int | None = None, seconds:
     return 2.0 * n**3 * count / elapsed
 
 
-def make_train_step(strategy, model, optimizer, dct, clip_norm: float):
+def make_train_step(strategy, model, optimizer, dct, clip_norm: float | None):
     """One optimisation step over the next global batch; returns replica-reduced metrics.
+
+    clip_norm: gradients are clipped to this global norm; None: not clipped.
 
     The loss is total nats over the global batch's target elements: each replica divides its
     sum by the all-reduced token count, so summed replica gradients are the global gradient.
@@ -204,7 +463,10 @@ def make_train_step(strategy, model, optimizer, dct, clip_norm: float):
         # Embedding gradients arrive as IndexedSlices; dense ones all-reduce and scale simply.
         grads = [tf.convert_to_tensor(g) for g in grads]
         grads = ctx.all_reduce("sum", grads)
-        grads, grad_norm = tf.clip_by_global_norm(grads, clip_norm)
+        if clip_norm is None:  # clipping off: the norm is still logged
+            grad_norm = tf.linalg.global_norm(grads)
+        else:
+            grads, grad_norm = tf.clip_by_global_norm(grads, clip_norm)
         if replicas > 1:
             grads = [g / replicas for g in grads]
         optimizer.apply(grads, variables)
@@ -357,6 +619,48 @@ def _format_seconds(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
+def _all_finite(variables) -> bool:
+    """Whether every element of every variable is finite (checked before each save)."""
+    import tensorflow as tf
+
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables)
+
+
+def _drop_unhealthy_checkpoint(checkpoint_dir: str, number: int | None, log) -> str:
+    """Deletes checkpoint `number` (if there is one), whose weights gave a non-finite loss,
+    and returns the end of the NonFiniteLossError message: what was deleted and which
+    checkpoint is left.
+
+    TensorFlow's own index of checkpoints (checkpoints/checkpoint) may still name the deleted
+    one until the next save; dct-gen lists the checkpoint files themselves
+    (`run_dir.checkpoint_numbers`), so nothing restores it.
+    """
+    import tensorflow as tf
+
+    paths = []
+    if number is not None:
+        paths = tf.io.gfile.glob(os.path.join(checkpoint_dir, f"ckpt-{number}.*"))
+    for path in paths:
+        try:
+            tf.io.gfile.remove(path)
+        except tf.errors.NotFoundError:  # another worker of the job removed it first
+            pass
+    if paths:
+        log(f"deleted checkpoint {number}: its weights gave a non-finite loss")
+    left = run_dir.checkpoint_numbers(checkpoint_dir)
+    parts = []
+    if paths:
+        parts.append(f"deleted checkpoint {number}, whose weights gave it")
+    if left:
+        parts.append(f"the newest checkpoint left, {left[0]}, is the last healthy one")
+    else:
+        parts.append(f"no checkpoint is left in {checkpoint_dir}")
+    return (
+        "; ".join(parts) + ". Lower the learning rate (train_config.learning_rate in a new "
+        "run, or --extend_learning_rate to resume this one at a lower rate) or check the data."
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
@@ -381,6 +685,8 @@ def train(
     data_dir: str,
     model_dir: str,
     max_steps: int | None = None,
+    extend_steps: int | None = None,
+    extend_learning_rate: float | None = None,
     train_split: str = "train",
     eval_split: str | None = None,
     eval_every: int = 1000,
@@ -410,7 +716,14 @@ def train(
       data_dir: a directory written by beam_jobs.build_dataset.
       model_dir: the run directory (checkpoints, metrics.jsonl, eval.jsonl, TensorBoard).
       max_steps: the run's length in steps, overriding train_config.tokens (the schedule's
-        cosine ends there too).
+        cosine ends there too). The length, the peak rate and the warmup are fixed in
+        config.json when the run starts: a resumed run whose settings give others is refused.
+      extend_steps: lengthen a resumed run's schedule to its planned length + extend_steps:
+        from the step it resumes at, the rate follows a cosine from its current value down to
+        0 there (`extend_schedule`). Recorded in config.json; a rerun with the same value (or
+        without one) follows the recorded schedule and adds nothing.
+      extend_learning_rate: start that new tail at this rate instead of the current one (needed
+        to extend a finished run, whose rate is 0; alone, it keeps the schedule's end).
       train_split, eval_split: the splits to train on and to evaluate (None: no evaluation).
       eval_every, log_every, checkpoint_every: intervals in steps.
       eval_batches: score at most this many eval batches (None: the whole split, exact).
@@ -434,10 +747,16 @@ def train(
 
     Raises:
       InputError: a config contradicts the dataset, another config or the replicas; data_dir
-        is not a dataset or lacks a split; model_dir holds checkpoints of another model.
-      NonFiniteLossError: (an InputError) the loss became NaN or infinite (nothing is saved).
+        is not a dataset or lacks a split; model_dir holds checkpoints of another model; the
+        settings would change the schedule config.json fixed (`check_same_plan`), or the
+        extension asked for is refused (`extend_schedule`). Raised before anything is written.
+      NonFiniteLossError: (an InputError) the loss or gradient norm became NaN or infinite, or
+        the weights did at a save. The checkpoint holding the weights that gave it is deleted:
+        the newest one left is the last healthy one.
       run_dir.NoValidCheckpointError: (an InputError) checkpoints exist in model_dir but none
         restores.
+      run_dir.RunLockedError: (an InputError) another live trainer holds model_dir's lock
+        (run_dir.RunLock); nothing has been written.
       ValueError: an argument out of range (log_every < 1, ...).
     """
     # ---- Setup: configs against the data, strategy, precision, seeds.
@@ -463,9 +782,14 @@ def train(
         ("log_every", log_every),
         ("checkpoint_every", checkpoint_every),
         ("max_steps", 1 if max_steps is None else max_steps),
+        ("extend_steps", 1 if extend_steps is None else extend_steps),
     ):
         if value < 1:
             raise ValueError(f"{name}={value}: must be positive")
+    if extend_learning_rate is not None and not (
+        math.isfinite(extend_learning_rate) and extend_learning_rate > 0
+    ):
+        raise ValueError(f"extend_learning_rate={extend_learning_rate}: must be > 0 and finite")
     if eval_split is not None and eval_every < 1:
         raise ValueError(f"eval_every={eval_every}: must be positive")
     if sample_every < 0 or num_samples < 1:
@@ -486,22 +810,57 @@ def train(
         raise InputError(
             f"train_config.batch_size={batch_size} does not split over {replicas} replicas"
         )
-    total_steps = (
-        int(max_steps)
-        if max_steps is not None
-        else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
+    # ---- The schedule: this run's settings give `planned`; a run with checkpoints keeps the
+    # one config.json recorded when it started. Checked here, before anything is written.
+    planned = Schedule(
+        learning_rate=train_config.learning_rate,
+        warmup_steps=train_config.warmup_steps,
+        planned_steps=(
+            int(max_steps)
+            if max_steps is not None
+            else steps_for_tokens(train_config.tokens, batch_size, train_config.chunk_size)
+        ),
+        tokens=train_config.tokens,
+        max_steps=None if max_steps is None else int(max_steps),
     )
-    os.makedirs(model_dir, exist_ok=True)
-    run_dir.save_run_config(model_dir, model_config, train_config)
-    if operative_config is not None:
-        with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
-            f.write(operative_config)
-    checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
-    compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
+    config_path = os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)
+    saved_steps = run_dir.checkpoint_steps(model_dir)
+    schedule = planned
+    if not saved_steps:
+        if extend_steps is not None or extend_learning_rate is not None:
+            raise InputError(
+                f"--extend_steps/--extend_learning_rate extend a run that has checkpoints, and "
+                f"{model_dir} has none: give a new run its length with --max_steps or "
+                "train_config.tokens"
+            )
+    else:
+        stored = stored_schedule(model_dir)
+        if stored is None:
+            log(f"{config_path} records no schedule (an older run): recording this run's")
+        else:
+            check_same_plan(stored, planned, config_path)
+            schedule = stored
+        # The extension starts where the run resumes: the newest checkpoint, unless it fails to
+        # restore (then it is worked out again below, at the step restored).
+        extend_schedule(schedule, saved_steps[0], extend_steps, extend_learning_rate, config_path)
+    total_steps = schedule.total_steps
+    # One trainer per run directory: the lock (the chief's, in a multi-worker job) comes before
+    # anything is written there, and goes in the `finally` below.
+    lock = run_dir.RunLock(model_dir, log=log)
+    lock.acquire()
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if train_config.mixed_precision else "float32")
-
     try:
+        os.makedirs(model_dir, exist_ok=True)
+        run_dir.save_run_config(model_dir, model_config, train_config, schedule.to_json())
+        if operative_config is not None:
+            with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
+                f.write(operative_config)
+        checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
+        compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
+        keras.config.set_dtype_policy(
+            "mixed_bfloat16" if train_config.mixed_precision else "float32"
+        )
+
         # ---- Input: one pipeline and iterator per local replica, each with its share of the
         # global batch. Plain tf.data iterators go into the checkpoint, so the stream resumes
         # exactly (a tf.distribute iterator is not checkpointable).
@@ -540,11 +899,7 @@ def train(
         # ---- Model and optimizer (Keras 3.15: build the optimizer inside the scope).
         with strategy.scope():
             model = model_lib.build_model(model_config)
-            optimizer = keras.optimizers.Adam(
-                learning_rate=make_learning_rate(
-                    train_config.learning_rate, train_config.warmup_steps, total_steps
-                )
-            )
+            optimizer = keras.optimizers.Adam(learning_rate=schedule.learning_rate_schedule())
             optimizer.build(model.trainable_variables)
             tokens_seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="tokens_seen")
         # Dropout seed state lives in Keras SeedGenerators, outside the model's weights; a
@@ -573,6 +928,18 @@ def train(
             log(f"no checkpoint in {checkpoint_dir}: starting at step 0")
         else:
             log(f"resumed from checkpoint {resumed_from} at step {step}")
+            extended = extend_schedule(
+                schedule, step, extend_steps, extend_learning_rate, config_path
+            )
+            if extended != schedule:
+                schedule = extended
+                run_dir.save_run_config(model_dir, model_config, train_config, schedule.to_json())
+                # Set before the step function is first traced, which reads the rate.
+                optimizer.learning_rate = schedule.learning_rate_schedule()
+                log(f"schedule extended: {_describe(schedule.extensions[-1])} ({config_path})")
+            elif schedule.extensions:
+                log(f"schedule as {config_path} records it: {_describe(schedule.extensions[-1])}")
+            total_steps = schedule.total_steps
         metrics_path = os.path.join(model_dir, run_dir.METRICS_FILE)
         eval_path = os.path.join(model_dir, run_dir.EVAL_FILE)
         run_dir.truncate_jsonl(metrics_path, step)
@@ -684,11 +1051,12 @@ def train(
                 values = {k: float(v) for k, v in out.items()}
                 step += 1
                 if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                    # This loss was computed on the weights of step - 1: their checkpoint, if
+                    # one was saved (or resumed from), is not healthy and goes.
                     raise NonFiniteLossError(
                         f"loss {values['loss']} (gradient norm {values['grad_norm']}) at step "
-                        f"{step}, learning rate {float(optimizer.learning_rate):.3g}: stopping "
-                        f"without saving; the last checkpoint in {checkpoint_dir} is untouched. "
-                        "Lower train_config.learning_rate or check the data."
+                        f"{step}, learning rate {float(optimizer.learning_rate):.3g}: stopping; "
+                        + _drop_unhealthy_checkpoint(checkpoint_dir, step - 1, log)
                     )
                 tokens_seen.assign_add(int(values["tokens"]))
                 seconds = time.perf_counter() - step_start
@@ -738,8 +1106,14 @@ def train(
                     log_samples(step)
                     window_start = time.perf_counter()
 
-                # ---- Save.
+                # ---- Save (only finite weights; the next step's loss then vouches for them).
                 if step % checkpoint_every == 0 or step == total_steps or sigterm["received"]:
+                    if not _all_finite(model.trainable_variables):
+                        raise NonFiniteLossError(
+                            f"the weights became NaN or infinite at step {step} (loss "
+                            f"{values['loss']}): stopping without saving them; "
+                            + _drop_unhealthy_checkpoint(checkpoint_dir, None, log)
+                        )
                     manager.save(checkpoint_number=step)
                 if sigterm["received"]:
                     log(
@@ -754,3 +1128,4 @@ def train(
         return TrainResult(step, total_steps, stopped, resumed_from, last_metrics, last_eval)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        lock.release()
