@@ -19,6 +19,8 @@ same gin files); `dct_gen.model` is imported inside the functions that build a M
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,7 +123,9 @@ def model_config(dct: DCTConfig | None = None, **kwargs):
     Keys: the fields of ModelConfig.
 
     Raises:
-      InputError: an unknown key, or a representation field that is needed and not bound.
+      InputError: an unknown key, a value out of range or of the wrong kind (the message names
+        it: `model_config.hidden_size = 'abc': must be an integer >= 1`), or a representation
+        field that is needed and not bound.
     """
     from dct_gen import model as model_lib
 
@@ -133,22 +137,41 @@ def model_config(dct: DCTConfig | None = None, **kwargs):
     try:
         return model_lib.ModelConfig(dct=dct, **kwargs)
     except (TypeError, ValueError) as e:
-        raise InputError(f"model_config: {e}") from e
+        # ModelConfig's messages start with the field's name: `hidden_size = 'abc': ...`.
+        raise InputError(f"model_config.{e}") from e
+
+
+TARGET_PARTS = ("all", "chroma")
+# TrainConfig's integer fields and their least values.
+_INTEGER_FIELDS = {"batch_size": 1, "tokens": 1, "warmup_steps": 0, "chunk_size": 1, "overlap": 0}
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The run's hyperparameters (paper Table 3, appendix C).
 
+    Every field is checked when the object is made (`check`), so a bad value stops a run before
+    it writes anything.
+
     Attributes:
-      batch_size: global batch (split across replicas).
-      learning_rate: peak Adam learning rate, after the linear warmup.
-      tokens: training length in target tokens (elements that carry loss).
-      warmup_steps: linear warmup steps, then cosine decay.
-      chunk_size, overlap: C and O of the input pipeline (and of the model's window).
+      batch_size: global batch (split across replicas), >= 1.
+      learning_rate: peak Adam learning rate, after the linear warmup; finite and > 0.
+      tokens: training length in target tokens (elements that carry loss), >= 1.
+      warmup_steps: linear warmup steps, then cosine decay; >= 0.
+      chunk_size, overlap: C and O of the input pipeline (and of the model's window);
+        C > O >= 0.
       target_part: "all", or "chroma" for colorization on luma_first data (paper 4.3).
       mixed_precision: bfloat16 compute with float32 variables.
-      grad_clip_norm: gradients are clipped to this global norm (the paper does not say; 1.0).
+      grad_clip_norm: gradients are clipped to this global norm (the paper does not say; 1.0);
+        finite and > 0, or None: no clipping.
     """
 
     batch_size: int
@@ -159,7 +182,59 @@ class TrainConfig:
     overlap: int = 128
     target_part: str = "all"
     mixed_precision: bool = True
-    grad_clip_norm: float = 1.0
+    grad_clip_norm: float | None = 1.0
+
+    def __post_init__(self):
+        self.check()
+        # Plain Python numbers, whatever kind of number came in (a rate bound as `1` in gin, a
+        # numpy integer): config.json stores them as JSON.
+        for name in _INTEGER_FIELDS:
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("learning_rate", "grad_clip_norm"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+
+    def check(self) -> None:
+        """Raises InputError naming the first field out of range, as
+        `train_config.learning_rate = -1: must be > 0`."""
+        for name, least in _INTEGER_FIELDS.items():
+            value = getattr(self, name)
+            if not _is_integer(value):
+                raise InputError(f"train_config.{name} = {value!r}: must be an integer")
+            if value < least:
+                raise InputError(f"train_config.{name} = {value!r}: must be >= {least}")
+        if self.overlap >= self.chunk_size:
+            raise InputError(
+                f"train_config.overlap = {self.overlap}: must be < train_config.chunk_size = "
+                f"{self.chunk_size}"
+            )
+        for name, allow_none in (("learning_rate", False), ("grad_clip_norm", True)):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                continue
+            off = " (None: no clipping)" if allow_none else ""
+            if not _is_number(value):
+                raise InputError(f"train_config.{name} = {value!r}: must be a number{off}")
+            if not math.isfinite(value) or value <= 0:
+                raise InputError(f"train_config.{name} = {value!r}: must be > 0 and finite{off}")
+        if self.target_part not in TARGET_PARTS:
+            raise InputError(
+                f"train_config.target_part = {self.target_part!r}: must be one of "
+                f"{', '.join(repr(p) for p in TARGET_PARTS)}"
+            )
+        if not isinstance(self.mixed_precision, bool):
+            raise InputError(
+                f"train_config.mixed_precision = {self.mixed_precision!r}: must be True or False"
+            )
+
+
+def _as_integer(value):
+    """value as an int when it is one, or a float with an integral value (gin writes token
+    budgets as 1e9); anything else is left for TrainConfig.check to name."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
 
 
 @gin.configurable("train_config")
@@ -172,30 +247,30 @@ def train_config(
     overlap: int = 128,
     target_part: str = "all",
     mixed_precision: bool = True,
-    grad_clip_norm: float = 1.0,
+    grad_clip_norm: float | None = 1.0,
 ) -> TrainConfig:
     """The run's hyperparameters; batch_size, learning_rate and tokens must be bound.
 
+    `grad_clip_norm = None` turns clipping off.
+
     Raises:
-      InputError: one of those is not bound, or a value is not a number.
+      InputError: one of those is not bound, or a value is out of range or of the wrong kind
+        (the message names the binding and its value).
     """
-    values = dict(
-        batch_size=(int, _required("train_config.batch_size", batch_size)),
-        learning_rate=(float, _required("train_config.learning_rate", learning_rate)),
-        tokens=(int, _required("train_config.tokens", tokens)),
-        warmup_steps=(int, warmup_steps),
-        chunk_size=(int, chunk_size),
-        overlap=(int, overlap),
-        mixed_precision=(bool, mixed_precision),
-        grad_clip_norm=(float, grad_clip_norm),
+    integers = dict(
+        batch_size=_required("train_config.batch_size", batch_size),
+        tokens=_required("train_config.tokens", tokens),
+        warmup_steps=warmup_steps,
+        chunk_size=chunk_size,
+        overlap=overlap,
     )
-    converted = {}
-    for name, (kind, value) in values.items():
-        try:
-            converted[name] = kind(value)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"train_config.{name} = {value!r}: not {kind.__name__} ({e})") from e
-    return TrainConfig(target_part=target_part, **converted)
+    return TrainConfig(
+        learning_rate=_required("train_config.learning_rate", learning_rate),
+        grad_clip_norm=grad_clip_norm,
+        target_part=target_part,
+        mixed_precision=mixed_precision,
+        **{name: _as_integer(value) for name, value in integers.items()},
+    )
 
 
 def dry_run(config=None) -> dict:

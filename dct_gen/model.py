@@ -51,6 +51,24 @@ from dct_gen.representation import DCTConfig, channel_rank
 
 LayerSpec = tuple[tuple[int, int], ...]
 
+# What None means for the ModelConfig fields that may be None (for the error messages).
+_NONE = {"key_size": "hidden_size // num_heads", "num_classes": "unconditional"}
+
+
+def _check_integer(name: str, value, least: int, note: str = "") -> None:
+    """Raises ValueError naming the field unless value is an integer >= least (bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} = {value!r}: must be an integer >= {least}{note}")
+    if value < least:
+        raise ValueError(f"{name} = {value!r}: must be >= {least}{note}")
+
+
+def _pair_entry(value) -> int:
+    """One count of a layer spec pair, as an int (TypeError/ValueError: not an integer)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(value)
+    return int(value)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -90,20 +108,70 @@ class ModelConfig:
     structural_mask: bool = True
 
     def __post_init__(self):
+        """Checks every field, so that a bad value fails here, naming it, and not later inside
+        Keras (or after a run directory was written).
+
+        Raises:
+          ValueError: the message starts with the field's name, e.g. `hidden_size = 'abc':
+            must be an integer >= 1`.
+        """
+        if not isinstance(self.dct, DCTConfig):
+            raise ValueError(f"dct = {self.dct!r}: must be a DCTConfig")
+        for name in (
+            "hidden_size",
+            "num_heads",
+            "ffn_multiplier",
+            "kernel_size",
+            "stride",
+            "chunk_size",
+            "value_dim",
+        ):
+            _check_integer(name, getattr(self, name), 1)
+        _check_integer("overlap", self.overlap, 0)
+        for name in ("key_size", "num_classes"):
+            if getattr(self, name) is not None:
+                _check_integer(name, getattr(self, name), 1, " (None: " + _NONE[name] + ")")
+        # Plain ints (a numpy integer would not go into config.json).
+        for name in (
+            "hidden_size",
+            "num_heads",
+            "ffn_multiplier",
+            "kernel_size",
+            "stride",
+            "chunk_size",
+            "value_dim",
+            "overlap",
+            "key_size",
+            "num_classes",
+        ):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise ValueError(f"dropout = {dropout!r}: must be a number in [0, 1)")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout = {dropout!r}: must be in [0, 1)")
+        if not isinstance(self.structural_mask, bool):
+            raise ValueError(f"structural_mask = {self.structural_mask!r}: must be True or False")
         for name in ("encoder_spec", "channel_spec", "position_spec", "value_spec"):
-            spec = tuple((int(a), int(b)) for a, b in getattr(self, name))
+            raw = getattr(self, name)
+            try:
+                spec = tuple((_pair_entry(a), _pair_entry(b)) for a, b in raw)
+            except (TypeError, ValueError):
+                spec = ()
             if not spec or any(a < 0 or b < 0 for a, b in spec):
-                raise ValueError(f"{name}={spec}: a non-empty list of (n_attention, n_dense)")
+                raise ValueError(
+                    f"{name} = {raw!r}: must be a non-empty list of (n_attention, n_dense) "
+                    "pairs of integers >= 0"
+                )
             object.__setattr__(self, name, spec)
         if self.key_size is None and self.hidden_size % self.num_heads:
             raise ValueError(
-                f"hidden_size={self.hidden_size} is not a multiple of num_heads="
+                f"hidden_size = {self.hidden_size} is not a multiple of num_heads = "
                 f"{self.num_heads}: set key_size"
             )
         if self.kernel_size < self.stride:
-            raise ValueError(f"kernel_size={self.kernel_size} < stride={self.stride}")
-        if self.chunk_size < 1 or self.overlap < 0:
-            raise ValueError(f"chunk_size={self.chunk_size}, overlap={self.overlap}")
+            raise ValueError(f"kernel_size = {self.kernel_size} < stride = {self.stride}")
 
     @property
     def head_size(self) -> int:

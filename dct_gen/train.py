@@ -6,14 +6,20 @@ usage: python -m dct_gen.train --gin_file experiments/NAME.gin --data_dir DATA -
 The representation (block size, quality, resolution, clip, ordering) is the dataset's, read
 from DATA/info.json; gin may restate it (the experiment files include gin/data/*.gin), and a
 binding that contradicts the dataset stops the command with an error naming the field. The
-run resumes from RUN by itself; SIGTERM saves a checkpoint and exits with status 143.
+run resumes from RUN by itself; SIGTERM saves a checkpoint and exits with status 143. The
+learning-rate schedule (length, peak, warmup) is fixed in RUN/config.json when the run starts:
+a resumed run whose --max_steps or train_config gives another is refused, and --extend_steps N
+lengthens it explicitly (the rate then follows a cosine from its current value down to 0 at the
+new end, so it never jumps; --extend_learning_rate R starts that cosine at R instead).
 `--dry_run` builds the model without data (gin must then bind the representation) and prints
 {"parameters", "flops_per_token"} as one JSON line. The loop is `dct_gen.training.train`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import signal
 import sys
 
@@ -42,6 +48,22 @@ flags.DEFINE_integer(
     "max_steps",
     None,
     "Stop after this many steps (overrides the token budget).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "extend_steps",
+    None,
+    "Train a resumed run N steps beyond its planned length: from the step it resumes at, the "
+    "learning rate follows a cosine from its current value down to 0 there (recorded in "
+    "config.json; rerunning the same command adds nothing).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "extend_learning_rate",
+    None,
+    "Start the new cosine of --extend_steps at this learning rate instead of the current one "
+    "(needed to extend a finished run, whose rate is 0); without --extend_steps, a cosine from "
+    "this rate to the schedule's end.",
     flag_values=FLAGS,
 )
 flags.DEFINE_string("train_split", "train", "Split to train on.", flag_values=FLAGS)
@@ -94,6 +116,7 @@ flags.DEFINE_float(
 # Flags that must be at least 1 (None, where allowed, means "not given").
 _POSITIVE = (
     "max_steps",
+    "extend_steps",
     "eval_every",
     "eval_batches",
     "log_every",
@@ -112,8 +135,10 @@ def _check_flag_values() -> None:
             raise UsageError(f"--{name}={value}: must be positive")
     if FLAGS.sample_every < 0:
         raise UsageError(f"--sample_every={FLAGS.sample_every}: must be >= 0 (0: never)")
-    if FLAGS.peak_flops is not None and not FLAGS.peak_flops > 0:
-        raise UsageError(f"--peak_flops={FLAGS.peak_flops}: must be positive")
+    for name in ("peak_flops", "extend_learning_rate"):
+        value = FLAGS[name].value
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name}={value}: must be positive")
 
 
 def _check_data_dir(path: str) -> None:
@@ -131,8 +156,21 @@ def _dry_run() -> int:
     from dct_gen import configs
 
     cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-    print(json.dumps(configs.dry_run()), flush=True)
+    with _binding_errors():
+        result = configs.dry_run()
+    print(json.dumps(result), flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _binding_errors():
+    """Gin appends "In call to configurable ..." to an error raised inside a configurable, on a
+    line of its own; the message itself (the first line) names the binding, and is all the
+    error line shows."""
+    try:
+        yield
+    except InputError as e:
+        raise InputError(str(e).strip().splitlines()[0]) from None
 
 
 def _main(args: list[str]) -> int:
@@ -152,8 +190,9 @@ def _main(args: list[str]) -> int:
     info_path = records.join(FLAGS.data_dir, records.INFO_FILENAME)
     # The dataset states the representation; gin's dct_config bindings, if any, must agree.
     dct = configs.dct_config_for_data(training.read_representation(FLAGS.data_dir), info_path)
-    model_config = configs.model_config(dct=dct)
-    train_config = configs.train_config()
+    with _binding_errors():
+        model_config = configs.model_config(dct=dct)
+        train_config = configs.train_config()
     try:
         result = training.train(
             model_config=model_config,
@@ -161,6 +200,8 @@ def _main(args: list[str]) -> int:
             data_dir=FLAGS.data_dir,
             model_dir=FLAGS.model_dir,
             max_steps=FLAGS.max_steps,
+            extend_steps=FLAGS.extend_steps,
+            extend_learning_rate=FLAGS.extend_learning_rate,
             train_split=FLAGS.train_split,
             eval_split=FLAGS.eval_split,
             eval_every=FLAGS.eval_every,

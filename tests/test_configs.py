@@ -1,6 +1,7 @@
 """Gin configs: every file parses, every experiment builds in a dry run, the Table 3 values
 are the paper's, the parameter counts are within 20% of Table 3's, the representation is
-checked against a dataset's, and importing the factories pulls in no TensorFlow."""
+checked against a dataset's, every train and model setting is checked (the error names the
+binding), and importing the factories pulls in no TensorFlow."""
 
 import glob
 import json
@@ -260,6 +261,89 @@ def test_bad_keys_and_missing_bindings_are_named():
         configs.dct_config()
     with pytest.raises(InputError, match="nope.gin"):
         cli.parse_gin(["experiments/nope.gin"])
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("train_config.learning_rate = -1", "train_config.learning_rate = -1: must be > 0"),
+        ("train_config.learning_rate = 0", "train_config.learning_rate = 0: must be > 0"),
+        ("train_config.learning_rate = 'fast'", "train_config.learning_rate = 'fast': must be"),
+        ("train_config.grad_clip_norm = 0", "train_config.grad_clip_norm = 0: must be > 0"),
+        ("train_config.grad_clip_norm = -2.0", "train_config.grad_clip_norm = -2.0: must be"),
+        ("train_config.batch_size = 0", "train_config.batch_size = 0: must be >= 1"),
+        ("train_config.batch_size = 2.5", "train_config.batch_size = 2.5: must be an integer"),
+        ("train_config.batch_size = True", "train_config.batch_size = True: must be an integer"),
+        ("train_config.tokens = 0", "train_config.tokens = 0: must be >= 1"),
+        ("train_config.warmup_steps = -1", "train_config.warmup_steps = -1: must be >= 0"),
+        ("train_config.chunk_size = 0", "train_config.chunk_size = 0: must be >= 1"),
+        ("train_config.overlap = -1", "train_config.overlap = -1: must be >= 0"),
+        ("train_config.overlap = 16", "train_config.overlap = 16: must be < train_config.chunk"),
+        ("train_config.target_part = 'luma'", "train_config.target_part = 'luma': must be one"),
+        ("train_config.mixed_precision = 'no'", "train_config.mixed_precision = 'no': must be"),
+        ("model_config.hidden_size = 'abc'", "model_config.hidden_size = 'abc': must be an int"),
+        ("model_config.hidden_size = 0", "model_config.hidden_size = 0: must be >= 1"),
+        ("model_config.num_heads = 0", "model_config.num_heads = 0: must be >= 1"),
+        ("model_config.key_size = 0", "model_config.key_size = 0: must be >= 1 (None: "),
+        ("model_config.ffn_multiplier = 1.5", "model_config.ffn_multiplier = 1.5: must be an"),
+        ("model_config.stride = 0", "model_config.stride = 0: must be >= 1"),
+        ("model_config.value_dim = -1", "model_config.value_dim = -1: must be >= 1"),
+        ("model_config.num_classes = 0", "model_config.num_classes = 0: must be >= 1 (None: "),
+        ("model_config.dropout = -0.1", "model_config.dropout = -0.1: must be in [0, 1)"),
+        ("model_config.dropout = 'x'", "model_config.dropout = 'x': must be a number"),
+        ("model_config.structural_mask = 1", "model_config.structural_mask = 1: must be True"),
+        ("model_config.value_spec = []", "model_config.value_spec = []: must be a non-empty"),
+        ("model_config.encoder_spec = [(1, 'a')]", "model_config.encoder_spec = [(1, 'a')]: "),
+        ("model_config.encoder_spec = [(1, -1)]", "model_config.encoder_spec = [(1, -1)]: "),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_binding(binding, message):
+    cli.parse_gin(["experiments/test.gin"], [binding])
+    with pytest.raises(InputError) as e:
+        configs.train_config()
+        configs.model_config()
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_good_settings_are_kept_as_plain_numbers():
+    cli.parse_gin(
+        ["experiments/test.gin"],
+        ["train_config.grad_clip_norm = None", "train_config.learning_rate = 1", "OVERLAP = 0"],
+    )
+    run = configs.train_config()
+    assert run.grad_clip_norm is None  # clipping off
+    assert run.learning_rate == 1.0 and isinstance(run.learning_rate, float)
+    assert run.tokens == 10000 and isinstance(run.tokens, int)  # bound as 1e4
+    assert run.overlap == 0 and configs.model_config().overlap == 0
+
+
+def test_configs_made_in_python_are_checked_too():
+    with pytest.raises(InputError, match=r"^train_config.learning_rate = -1: must be > 0"):
+        configs.TrainConfig(batch_size=4, learning_rate=-1, tokens=100)
+    with pytest.raises(InputError, match="train_config.grad_clip_norm = 0.0"):
+        configs.TrainConfig(batch_size=4, learning_rate=1e-3, tokens=100, grad_clip_norm=0.0)
+    dct = DCTConfig(block_size=4, quality=75, resolution=32, clip=200)
+    with pytest.raises(ValueError, match=r"^hidden_size = 'abc': must be an integer >= 1"):
+        model_lib.ModelConfig(dct=dct, hidden_size="abc", key_size=16)
+    with pytest.raises(ValueError, match=r"^dct = None: must be a DCTConfig"):
+        model_lib.ModelConfig(dct=None)
+
+
+def test_a_config_json_with_a_bad_setting_names_the_file_and_the_field(tmp_path):
+    from dct_gen import run_dir
+
+    cli.parse_gin(["experiments/test.gin"])
+    run_dir.save_run_config(str(tmp_path), configs.model_config(), configs.train_config())
+    path = os.path.join(tmp_path, run_dir.RUN_CONFIG_FILE)
+    with open(path) as f:
+        raw = json.load(f)
+    raw["train_config"]["learning_rate"] = -1.0
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    with pytest.raises(InputError) as e:
+        run_dir.read_run_config(str(tmp_path))
+    message = str(e.value)
+    assert path in message and "train_config.learning_rate = -1.0: must be > 0" in message
 
 
 def test_check_dct_config_refuses_a_contradiction():

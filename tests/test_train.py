@@ -1,12 +1,15 @@
 """The training run on records the Beam job makes from real photos (the test config): the loss
 goes down and every log is written, a crashed run resumes to the same losses, a damaged newest
-checkpoint falls back to an older one, SIGTERM saves a checkpoint, a NaN loss stops the run,
-the representation comes from the dataset's info.json, and the command line names bad flags,
-missing directories and gin bindings that contradict the data in one line."""
+checkpoint falls back to an older one, SIGTERM saves a checkpoint, a NaN loss stops the run and
+leaves only healthy checkpoints, the schedule is fixed in config.json and changes only by an
+explicit extension, the representation comes from the dataset's info.json, and the command line
+names bad flags, bad settings, missing directories and gin bindings that contradict the data in
+one line."""
 
 import dataclasses
 import glob
 import json
+import math
 import os
 import shutil
 import signal
@@ -58,6 +61,17 @@ def run_copy(trained_run, tmp_path):
 def _metrics(model_dir):
     with open(os.path.join(model_dir, run_dir.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
+
+
+def _config_json(model_dir):
+    with open(os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)) as f:
+        return json.load(f)
+
+
+def _cosine(start_rate, start_step, end_step, step):
+    """The extension rule, written out: a cosine from start_rate at start_step to 0."""
+    progress = min(max((step - start_step) / (end_step - start_step), 0.0), 1.0)
+    return start_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def test_loss_goes_down_and_logs_are_written(trained_run):
@@ -112,10 +126,16 @@ def test_loss_goes_down_and_logs_are_written(trained_run):
 def test_another_architecture_in_a_run_directory_is_refused(run, run_copy, test_configs):
     wider = test_configs("model_config.hidden_size = 48")
     with pytest.raises(InputError, match="hidden_size: 32 -> 48"):
-        run(run_copy, max_steps=31, model_config=wider["model_config"])
-    # The structural mask changes no weight: a resumed run may switch it.
+        run(run_copy, max_steps=30, model_config=wider["model_config"])
+    # The structural mask changes no weight: a resumed (here extended) run may switch it.
     unmasked = test_configs("model_config.structural_mask = False")
-    result = run(run_copy, max_steps=31, model_config=unmasked["model_config"])
+    result = run(
+        run_copy,
+        max_steps=30,
+        extend_steps=1,
+        extend_learning_rate=1e-4,
+        model_config=unmasked["model_config"],
+    )
     assert (result.resumed_from, result.step) == (30, 31)
     with open(os.path.join(run_copy, run_dir.RUN_CONFIG_FILE)) as f:
         assert json.load(f)["model_config"]["structural_mask"] is False
@@ -124,6 +144,121 @@ def test_another_architecture_in_a_run_directory_is_refused(run, run_copy, test_
 def test_a_finished_run_does_not_train_again(run, run_copy):
     result = run(run_copy, max_steps=30)
     assert (result.stopped, result.step) == ("already_done", 30)
+
+
+# ----------------------------------------------------------------------------------------------
+# The schedule: fixed in config.json, changed only by an explicit extension.
+
+
+def test_the_schedule_is_recorded_when_the_run_starts(trained_run):
+    schedule = _config_json(trained_run.model_dir)["schedule"]
+    assert schedule == {
+        "learning_rate": 1e-3,
+        "warmup_steps": 2,
+        "planned_steps": 30,
+        "tokens": 10000,
+        "max_steps": 30,
+        "extensions": [],
+        "total_steps": 30,
+    }
+
+
+@pytest.mark.parametrize(
+    "max_steps, binding, named",
+    [
+        (40, None, "max_steps 40 makes the schedule 40 steps long, but "),
+        # No max_steps: the token budget gives ceil(1e4 / (4 x 16)) = 157 steps.
+        (None, None, "train_config.tokens = 10000 makes the schedule 157 steps long, but "),
+        (20, None, "keep max_steps 30: a schedule is never shortened"),
+        (30, "train_config.learning_rate = 5e-4", "add --extend_learning_rate 0.0005"),
+        (30, "train_config.warmup_steps = 5", "train_config.warmup_steps = 5, but "),
+    ],
+)
+def test_a_resumed_run_that_would_change_the_schedule_is_refused(
+    run, run_copy, test_configs, max_steps, binding, named
+):
+    """Nothing is written: config.json and the logs stay as they were."""
+    cfg = test_configs(*([binding] if binding else []))
+    config_before, metrics_before = _config_json(run_copy), _metrics(run_copy)
+    with pytest.raises(InputError) as e:
+        run(run_copy, max_steps=max_steps, **cfg)
+    message = str(e.value)
+    assert named in message and "\n" not in message, message
+    if "makes the schedule" in message:
+        assert "fixed it at 30 steps (max_steps 30)" in message
+    if max_steps == 40:
+        assert "add --extend_steps 10 (extend_steps=10)" in message
+    assert _config_json(run_copy) == config_before and _metrics(run_copy) == metrics_before
+
+
+def test_a_run_without_checkpoints_has_nothing_to_extend(run, tmp_path):
+    with pytest.raises(InputError, match="has none: give a new run its length with --max_steps"):
+        run(tmp_path / "run", max_steps=3, extend_steps=2)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_extending_a_finished_run_needs_a_rate_and_a_rerun_adds_nothing(run, run_copy):
+    """A finished run's rate is 0, so --extend_steps alone is refused (naming the way); with
+    --extend_learning_rate it trains on with a cosine from that rate, recorded in config.json,
+    and rerunning the command follows the record instead of extending again."""
+    before = open(os.path.join(run_copy, "config.json")).read()
+    with pytest.raises(InputError, match="add --extend_learning_rate R") as e:
+        run(run_copy, max_steps=30, extend_steps=2)
+    assert "learning rate is 0" in str(e.value)
+    assert open(os.path.join(run_copy, "config.json")).read() == before
+
+    result = run(run_copy, max_steps=30, extend_steps=2, extend_learning_rate=1e-4)
+    assert (result.resumed_from, result.step, result.total_steps) == (30, 32, 32)
+    logged = {m["step"]: m["learning_rate"] for m in _metrics(run_copy)}
+    # Logged at step k: the rate of the update after k steps.
+    assert logged[31] == pytest.approx(_cosine(1e-4, 30, 32, 31), rel=1e-5)
+    assert logged[31] == pytest.approx(5e-5, rel=1e-5) and logged[32] == pytest.approx(0.0)
+    schedule = _config_json(run_copy)["schedule"]
+    assert (schedule["planned_steps"], schedule["total_steps"]) == (30, 32)
+    assert schedule["extensions"] == [
+        {
+            "at_step": 30,
+            "learning_rate": 1e-4,
+            "total_steps": 32,
+            "extend_steps": 2,
+            "extend_learning_rate": 1e-4,
+        }
+    ]
+    # (A rerun without the flags follows the record too: the slow test below.)
+    result = run(run_copy, max_steps=30, extend_steps=2, extend_learning_rate=1e-4)
+    assert (result.stopped, result.step, result.total_steps) == ("already_done", 32, 32)
+    with pytest.raises(InputError, match="already has it end at step 32"):
+        run(run_copy, max_steps=30, extend_steps=1)
+    assert len(_config_json(run_copy)["schedule"]["extensions"]) == 1
+
+
+@pytest.mark.slow  # trains 14 steps in two runs: `make test-slow`
+def test_an_extension_never_jumps_and_a_resume_follows_it(run, run_copy):
+    """The run resumes at step 20 (its newest checkpoint gone), mid-cosine, and is extended by 4
+    steps: from step 20 the rate follows a cosine from its value there down to 0 at step 34,
+    so it never rises. A crash at step 27 and a plain rerun (no extension flags) reproduce the
+    recorded schedule step by step."""
+    for path in glob.glob(os.path.join(run_copy, "checkpoints", "ckpt-30.*")):
+        os.remove(path)
+    at_20 = {m["step"]: m["learning_rate"] for m in _metrics(run_copy)}[20]
+    common = dict(max_steps=30, checkpoint_every=2)
+    with pytest.raises(Crash):
+        run(run_copy, extend_steps=4, step_callback=_crash_at(27), **common)
+    lines = []
+    result = run(run_copy, lines, **common)
+    assert (result.resumed_from, result.step, result.total_steps) == (26, 34, 34)
+    assert any("schedule as" in line and "at step 34" in line for line in lines), lines
+    metrics = _metrics(run_copy)
+    assert [m["step"] for m in metrics] == list(range(1, 35))
+    rates = [m["learning_rate"] for m in metrics]
+    assert all(b <= a for a, b in zip(rates[19:], rates[20:])), rates[19:]
+    for m in metrics[20:]:
+        assert m["learning_rate"] == pytest.approx(
+            _cosine(at_20, 20, 34, m["step"]), rel=1e-5, abs=1e-12
+        )
+    (extension,) = _config_json(run_copy)["schedule"]["extensions"]
+    assert (extension["at_step"], extension["total_steps"]) == (20, 34)
+    assert extension["learning_rate"] == pytest.approx(at_20, rel=1e-6)
 
 
 def test_a_config_that_contradicts_the_data_is_refused_before_anything_is_written(
@@ -139,6 +274,14 @@ def test_a_config_that_contradicts_the_data_is_refused_before_anything_is_writte
 
 class Crash(Exception):
     pass
+
+
+def _crash_at(at_step):
+    def callback(step, values):
+        if step == at_step:
+            raise Crash()
+
+    return callback
 
 
 @pytest.mark.slow  # a training run of its own (about a minute): `make test-slow`
@@ -179,8 +322,9 @@ def _damage(model_dir, number, how):
 def test_damaged_latest_checkpoint_falls_back(run, run_copy, how):
     _damage(run_copy, 30, how)
     lines = []
-    result = run(run_copy, lines, max_steps=31)
-    assert result.resumed_from == 20 and result.step == 31
+    with pytest.raises(Crash):  # one step is enough to show where it resumed
+        run(run_copy, lines, max_steps=30, step_callback=_crash_at(21))
+    assert "resumed from checkpoint 20 at step 20" in lines
     assert any("ckpt-30 is damaged" in line for line in lines), lines
     assert any("resumed from" in line and "older checkpoint" in line for line in lines)
 
@@ -189,19 +333,44 @@ def test_no_restorable_checkpoint_never_restarts_from_zero(run, run_copy):
     for number in (10, 20, 30):
         _damage(run_copy, number, "truncated_data")
     with pytest.raises(run_dir.NoValidCheckpointError, match="refusing to start again") as e:
-        run(run_copy, max_steps=31)
+        run(run_copy, max_steps=30)
     assert isinstance(e.value, InputError)  # the command line prints it as one line
     assert _metrics(run_copy)[-1]["step"] == 30  # nothing was logged or overwritten
 
 
-def test_nan_loss_stops_the_run(run, test_configs, tmp_path):
-    cfg = test_configs("train_config.learning_rate = 1e30", "train_config.grad_clip_norm = 1e30")
-    with pytest.raises(training.NonFiniteLossError, match="stopping without saving") as e:
+def test_nan_loss_stops_the_run_and_leaves_only_healthy_checkpoints(
+    run, test_configs, test_data_dir, tmp_path
+):
+    """Healthy: the weights are finite and so is the loss computed on them. The loss of step k
+    is computed on the weights saved at step k - 1, so when it is NaN that checkpoint goes; the
+    newest one left restores weights whose loss on real training batches is finite. Clipping
+    off (grad_clip_norm None) and learning rate 1e30: the run diverges within a few steps."""
+    from dct_gen import data
+    from dct_gen import model as model_lib
+
+    cfg = test_configs("train_config.learning_rate = 1e30", "train_config.grad_clip_norm = None")
+    assert cfg["train_config"].grad_clip_norm is None
+    with pytest.raises(training.NonFiniteLossError, match="stopping") as e:
         run(tmp_path, max_steps=50, checkpoint_every=1, **cfg)
     assert isinstance(e.value, InputError)
     steps = [m["step"] for m in _metrics(tmp_path)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2, steps
+    bad = steps[-1] + 1  # the step whose loss was not finite, computed on ckpt steps[-1]
+    assert f"deleted checkpoint {bad - 1}" in str(e.value)
     saved = run_dir.checkpoint_numbers(os.path.join(tmp_path, "checkpoints"))
-    assert saved == sorted(steps, reverse=True)  # every finite step saved, the bad one not
+    assert saved == [bad - 2, bad - 3][: len(saved)] and saved, saved
+    assert f"the newest checkpoint left, {bad - 2}, is the last healthy one" in str(e.value)
+
+    loaded = run_dir.load_run(str(tmp_path), log=lambda _: None)
+    assert loaded.step == bad - 2
+    assert all(np.isfinite(v.numpy()).all() for v in loaded.model.trainable_variables)
+    batches = data.make_dataset(
+        test_data_dir, "train", batch_size=4, chunk_size=16, overlap=4, seed=0, mode="train"
+    ).take(3)
+    for batch in batches:
+        outputs = model_lib.forward(loaded.model, batch, training=False)
+        losses = model_lib.compute_losses(outputs, batch, loaded.dct_config)
+        assert np.isfinite(float(tf.reduce_sum(losses["nats"]))), losses["nats"]
 
 
 @pytest.mark.slow  # a training run of its own (about a minute): `make test-slow`
@@ -258,8 +427,11 @@ def test_sigterm_saves_a_checkpoint(run, test_data_dir, tmp_path):
     with open(os.path.join(tmp_path, run_dir.OPERATIVE_CONFIG_FILE)) as f:
         operative = f.read()
     assert "train_config.batch_size = 4" in operative and "model_config.dropout = 0.1" in operative
-    result = run(tmp_path, max_steps=last + 1)
-    assert (result.resumed_from, result.step) == (last, last + 1)
+    # The same length resumes (another would be refused: the schedule is fixed).
+    lines = []
+    with pytest.raises(Crash):
+        run(tmp_path, lines, max_steps=100000, step_callback=_crash_at(last + 1))
+    assert f"resumed from checkpoint {last} at step {last}" in lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +519,57 @@ def test_an_unknown_gin_key_is_named(cli, test_data_dir, tmp_path):
     assert status == 1 and "bogus" in _error(err)
 
 
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("train_config.learning_rate = -1", "train_config.learning_rate = -1: must be > 0"),
+        ("train_config.grad_clip_norm = 0", "train_config.grad_clip_norm = 0: must be > 0"),
+        ("model_config.hidden_size = 'abc'", "model_config.hidden_size = 'abc': must be an"),
+        ("train_config.batch_size = 0", "train_config.batch_size = 0: must be >= 1"),
+        ("train_config.warmup_steps = -1", "train_config.warmup_steps = -1: must be >= 0"),
+        ("OVERLAP = 16", "train_config.overlap = 16: must be < train_config.chunk_size = 16"),
+        ("model_config.num_heads = 0", "model_config.num_heads = 0: must be >= 1"),
+        ("model_config.dropout = 1.5", "model_config.dropout = 1.5: must be in [0, 1)"),
+    ],
+)
+def test_bad_settings_are_named_before_anything_is_written(
+    cli, test_data_dir, tmp_path, binding, message
+):
+    model_dir = tmp_path / "run"
+    status, _, err = cli(
+        f"--gin_file={GIN}",
+        f"--gin_param={binding}",
+        f"--data_dir={test_data_dir}",
+        f"--model_dir={model_dir}",
+    )
+    line = _error(err)
+    assert status == 1 and line.startswith(f"dct_gen.train: error: {message}"), line
+    assert "In call to configurable" not in line
+    assert not os.path.exists(model_dir)
+
+
+def test_a_changed_length_is_one_line_naming_both_and_the_way(cli, run_copy, trained_run):
+    status, _, err = cli(
+        f"--gin_file={GIN}",
+        f"--data_dir={trained_run.data_dir}",
+        f"--model_dir={run_copy}",
+        "--max_steps=40",
+    )
+    line = _error(err)
+    assert status == 1
+    assert "max_steps 40 makes the schedule 40 steps long" in line
+    assert "fixed it at 30 steps" in line and "--extend_steps 10" in line
+
+
+@pytest.mark.parametrize("flag", ["--extend_steps=0", "--extend_learning_rate=-1"])
+def test_bad_extension_flags_are_named_with_status_2(cli, test_data_dir, tmp_path, flag):
+    status, _, err = cli(
+        f"--gin_file={GIN}", f"--data_dir={test_data_dir}", f"--model_dir={tmp_path}", flag
+    )
+    assert status == 2 and flag in _error(err)
+    assert not os.listdir(tmp_path)
+
+
 def test_the_representation_comes_from_info_json_when_gin_binds_none(cli, run_copy, trained_run):
     """Gin without gin/data/test.gin binds no dct_config: the command takes info.json's, which
     is the trained run's architecture (a finished run: nothing is retrained)."""
@@ -356,6 +579,7 @@ def test_the_representation_comes_from_info_json_when_gin_binds_none(cli, run_co
         "--gin_param=train_config.batch_size = 4",
         "--gin_param=train_config.learning_rate = 1e-3",
         "--gin_param=train_config.tokens = 1e4",
+        "--gin_param=train_config.warmup_steps = 2",
         "--gin_param=train_config.mixed_precision = False",
         f"--data_dir={trained_run.data_dir}",
         f"--model_dir={run_copy}",
