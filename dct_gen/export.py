@@ -7,7 +7,9 @@ Usage:
 The run's newest checkpoint that restores is exported in float32. Load the result with
 `tf.saved_model.load(SAVED_MODEL)` and call `loaded.signatures[NAME](...)`: sample, log_prob,
 upsample (interleaved models) and colorize (luma_first models); `loaded.config_json` holds the
-model configuration. Prints one JSON line: {"saved_model", "step", "signatures"}.
+model configuration. docs/sampling.md lists each signature's arguments (dtype, shape, values);
+a bad one fails with an InvalidArgumentError that names it. Loading a SavedModel runs its graph:
+load only exports you trust. Prints one JSON line: {"saved_model", "step", "signatures"}.
 
 --out must be a new or empty directory, or an earlier export of this command (it holds
 saved_model.pb and dct_gen_export.json, and nothing else), which is then replaced. Anything else

@@ -55,8 +55,8 @@ flags.DEFINE_integer(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("label", -1, "Class label (-1: none).", flag_values=FLAGS)
-flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0).", flag_values=FLAGS)
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling (1: off).", flag_values=FLAGS)
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature (finite and > 0).", flag_values=FLAGS)
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling, in (0, 1] (1: off).", flag_values=FLAGS)
 flags.DEFINE_integer(
     "top_k", 0, "Top-k sampling (0: off; not in the SavedModel).", flag_values=FLAGS
 )

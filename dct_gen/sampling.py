@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -60,17 +62,27 @@ from dct_gen import representation as rep
 from dct_gen.errors import InputError, UsageError
 from dct_gen.representation import DCTConfig
 
+# The draws take temperature and top_p as float32 normal numbers: a value outside this range
+# would reach the graph as 0 or inf.
+FLOAT32_NORMAL = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleOptions:
     """How draws are made.
 
     Attributes:
-      temperature: logits are divided by it (> 0).
+      temperature: logits are divided by it (finite and > 0, within float32's normal range
+        FLOAT32_NORMAL; near 0 the draws become greedy, large values make every move the
+        structural mask allows about equally likely).
       top_p: nucleus sampling, keep the smallest set of values whose probability reaches top_p
-        (1: off).
+        (in (0, 1], at least float32's smallest normal number; 1: off).
       top_k: keep the k most likely (0: off).
       max_chunks: the chunk limit per image (past its context).
+
+    Raises:
+      UsageError: an option of the wrong type or out of range (infinite or NaN among them);
+        the message starts with the option's name.
     """
 
     temperature: float = 1.0
@@ -80,10 +92,27 @@ class SampleOptions:
 
     def __post_init__(self):
         # The messages start with the option's name (the command line prefixes `--`).
-        if not self.temperature > 0:
-            raise UsageError(f"temperature={self.temperature}: must be > 0")
-        if not 0 < self.top_p <= 1:
+        for name, kind, what in (
+            ("temperature", numbers.Real, "a number"),
+            ("top_p", numbers.Real, "a number"),
+            ("top_k", numbers.Integral, "an integer"),
+            ("max_chunks", numbers.Integral, "an integer"),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise UsageError(f"{name}={value!r}: must be {what}")
+        low, high = FLOAT32_NORMAL
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"temperature={self.temperature}: must be finite and > 0")
+        if not low <= self.temperature <= high:
+            raise UsageError(
+                f"temperature={self.temperature}: must lie in float32's range "
+                f"[{low:.4g}, {high:.4g}]"
+            )
+        if not 0 < self.top_p <= 1:  # NaN fails both comparisons
             raise UsageError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.top_p < low:
+            raise UsageError(f"top_p={self.top_p}: must be at least {low:.4g} (float32)")
         if self.top_k < 0:
             raise UsageError(f"top_k={self.top_k}: must be >= 0 (0 is off)")
         if self.max_chunks < 1:
@@ -93,9 +122,20 @@ class SampleOptions:
 def filter_logits(logits, temperature, top_p, top_k):
     """Temperature, then top-k, then top-p on (b, vocab) float32 logits (tensors or numbers).
 
-    Filtered entries get MASK_VALUE; the most likely entry always stays.
+    Filtered entries get MASK_VALUE; the most likely entry always stays. Entries the
+    structural mask removed (MASK_VALUE) stay at MASK_VALUE whatever the temperature, and the
+    others are scaled relative to the row's largest logit, which becomes 0: a huge temperature
+    cannot bring masked moves level with allowed ones, and a tiny one gives greedy draws instead
+    of overflowing to +inf (`tf.random.stateless_categorical` answers a row holding +inf with
+    an id outside the vocabulary). The distribution is the softmax of logits / temperature.
     """
-    logits = logits / tf.cast(temperature, tf.float32)
+    logits = tf.convert_to_tensor(logits, tf.float32)
+    masked = logits <= layers.MASK_VALUE
+    top = tf.reduce_max(logits, axis=-1, keepdims=True)
+    # A temperature below float32's smallest normal number is flushed to zero on most devices.
+    temperature = tf.maximum(tf.cast(temperature, tf.float32), np.finfo(np.float32).tiny)
+    scaled = tf.maximum((logits - top) / temperature, layers.MASK_VALUE)
+    logits = tf.where(masked, tf.constant(layers.MASK_VALUE, tf.float32), scaled)
     top_k = tf.cast(top_k, tf.int32)
     top_p = tf.cast(top_p, tf.float32)
     vocab = tf.shape(logits)[-1]

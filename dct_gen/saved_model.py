@@ -2,14 +2,15 @@
 
 The SavedModel needs neither dct_gen nor Keras to run: load it with
 `tf.saved_model.load(SAVED_MODEL)` and call its signatures (also in
-`loaded.signatures[name]`):
+`loaded.signatures[name]`), every argument a scalar unless a shape is given:
 
   sample(num_samples int32, label int32, temperature float32, top_p float32, seed int64)
       -> images uint8 (n, R, R, 3), the canvas: sample i is images[i, :heights[i], :widths[i]];
          heights, widths int32 (n,); channels, positions, values int32 (n, L), padded, without
          the stop token; lengths int32 (n,); stopped bool (n,), whether each sample reached
          its stop token (else the chunk limit cut it).
-  log_prob(channels int32 (L,), positions, values, height int32, width int32)
+  log_prob(channels int32 (L,), positions int32 (L,), values int32 (L,), height int32,
+           width int32)
       -> bits_per_subpixel float32 (the sequence's exact negative log-likelihood, stop token
          included, over 3 * height * width), channel_/position_/value_bits_per_subpixel,
          nats float32.
@@ -20,11 +21,14 @@ The SavedModel needs neither dct_gen nor Keras to run: load it with
       -> as sample, one image: the image's luma kept, its chroma sampled
          (`dct_gen.sampling.colorization_context`); context_length.
 
-`loaded.config_json` holds the representation and model configuration (JSON). Each signature
-checks its inputs in the graph and fails with an InvalidArgumentError whose message starts
-with the argument's name: a label out of range, num_samples below 1 or above the cap, a
-temperature or top_p out of range, an image of the wrong rank, channels or size, a sequence
-whose arrays differ in length or hold ids out of range.
+`loaded.config_json` holds the representation and model configuration (JSON). The signatures
+declare their arguments with a dtype and no shape: TensorFlow refuses another dtype before the
+graph runs, and each signature checks the rest in the graph, rank first, and fails with an
+InvalidArgumentError whose message names the argument and what it got ("temperature: must be
+finite and > 0, got inf"): an argument of the wrong rank, a label out of range, num_samples
+below 1 or above the cap, a temperature that is not finite and > 0, a top_p outside (0, 1] (NaN
+included), an image of the wrong channels or size, a sequence whose arrays differ in length or
+hold ids out of range. Nothing computes on an argument before its checks pass.
 
 upsample and colorize build their context as the numpy path does: the luma of a colour image
 with the codec's arithmetic, and Pillow's Lanczos resize reproduced in the graph pixel for pixel
@@ -234,6 +238,175 @@ def colorization_context_tf(image, cfg: rep.DCTConfig):
 
 
 # ----------------------------------------------------------------------------------------------
+# The signatures' arguments, checked in the graph.
+#
+# A loaded SavedModel's signatures pass tensors of any shape into the graph (TensorFlow checks
+# the dtype alone), so each argument is declared with an unknown shape and checked here: its
+# rank first, then its values. A failure is an InvalidArgumentError whose message names the
+# argument and what it got. A signature uses an argument only through the tensor its checks
+# return, which depends on them, so no op computes on a bad argument (and fails with a message
+# of its own) before the check that names it has run.
+
+
+def _text(x):
+    """A tensor as a string tensor for a message: a number as Python prints it (inf, nan
+    included), a vector as [a b c]."""
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 0:
+        return tf.strings.format("{}", [x], summarize=8)
+    return (
+        tf.strings.as_string(x, shortest=True) if x.dtype.is_floating else tf.strings.as_string(x)
+    )
+
+
+def _require(condition, template: str, *values) -> tf.Operation:
+    """An assertion whose message is `template` with its {} replaced by `values` (tensors)."""
+    parts = template.split("{}")
+    if len(parts) != len(values) + 1:
+        raise ValueError(f"{template!r} has {len(parts) - 1} {{}} for {len(values)} values")
+    pieces = [parts[0]]
+    for value, part in zip(values, parts[1:]):
+        pieces += [_text(value), part]
+    return tf.debugging.Assert(condition, [tf.strings.join(pieces)])
+
+
+def _after(x, *checks):
+    """x, once the checks have passed."""
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
+
+
+def _with_rank(x, name: str, rank: int, expected: str):
+    """x once its rank is `rank` (its static shape then has that rank); else the message says
+    '<name>: must be <expected>, got shape [...]'."""
+    ok = _require(
+        tf.equal(tf.rank(x), rank), f"{name}: must be {expected}, got shape {{}}", tf.shape(x)
+    )
+    with tf.control_dependencies([ok]):
+        # A reshape, not tf.ensure_shape: graph optimization lets an EnsureShape run before the
+        # assertion it depends on, and fail with its own message.
+        shape = tf.shape(x)
+        return tf.reshape(x, [shape[i] for i in range(rank)])
+
+
+def _scalar(x, name: str):
+    return _with_rank(x, name, 0, "a scalar (shape [])")
+
+
+def _integer_in(x, name: str, low: int, high: int):
+    """A scalar argument once it lies in [low, high]."""
+    x = _scalar(x, name)
+    return _after(
+        x, _require((x >= low) & (x <= high), f"{name}: must be in [{low}, {high}], got {{}}", x)
+    )
+
+
+def _temperature(temperature):
+    t = _scalar(temperature, "temperature")
+    ok = _require(tf.math.is_finite(t) & (t > 0), "temperature: must be finite and > 0, got {}", t)
+    return _after(t, ok)
+
+
+def _top_p(top_p):
+    p = _scalar(top_p, "top_p")
+    return _after(p, _require((p > 0) & (p <= 1), "top_p: must be in (0, 1], got {}", p))
+
+
+def _sample_arguments(num_samples, label, temperature, top_p, seed, *, num_classes, max_samples):
+    """The sample signature's arguments, checked (in the signature's order)."""
+    n = _scalar(num_samples, "num_samples")
+    n = _after(
+        n,
+        _require(n >= 1, "num_samples: must be >= 1, got {}", n),
+        _require(
+            n <= max_samples,
+            f"num_samples: at most {max_samples} per call (export --max_num_samples), got {{}}",
+            n,
+        ),
+    )
+    label = _scalar(label, "label")
+    if num_classes:
+        in_range = (label >= -1) & (label < num_classes)
+        what = f"label: out of range [-1, {num_classes}) (-1: no class), got {{}}"
+    else:
+        in_range = tf.equal(label, -1)
+        what = "label: the model is unconditional; pass -1, got {}"
+    label = _after(label, _require(in_range, what, label))
+    return n, label, _temperature(temperature), _top_p(top_p), _scalar(seed, "seed")
+
+
+def _image_argument(image, channels: tuple[int, ...], largest: int):
+    """The image argument of upsample and colorize, checked: rank 3, its channels, its size."""
+    expected = f"(height, width, {' or '.join(str(c) for c in channels)}) uint8"
+    image = _with_rank(image, "image", 3, expected)
+    shape = tf.shape(image)
+    return _after(
+        image,
+        _require(
+            tf.reduce_any(tf.equal(shape[2], list(channels))),
+            f"image: must be {expected}, got shape {{}}",
+            shape,
+        ),
+        _require(
+            tf.reduce_min(shape[:2]) > 0,
+            "image: height and width must be >= 1, got shape {}",
+            shape,
+        ),
+        _require(
+            tf.reduce_max(shape[:2]) <= largest,
+            f"image: height and width must be <= {largest}, got shape {{}}",
+            shape,
+        ),
+    )
+
+
+def _log_prob_arguments(channels, positions, values, height, width, *, cfg, capacity):
+    """The log_prob signature's arguments, checked: three vectors of one length (shorter than
+    `capacity`) holding ids in range, and a size within the resolution."""
+    vectors = {}
+    for name, t in (("channels", channels), ("positions", positions), ("values", values)):
+        vectors[name] = _with_rank(t, name, 1, "a vector (L,) int32")
+    size = tf.size(vectors["channels"])
+    ranges = {
+        "channels": (0, cfg.stop_token),
+        "positions": (0, cfg.num_positions),
+        "values": (-cfg.clip, cfg.clip + 1),
+    }
+    out = []
+    for name, t in vectors.items():
+        low, high = ranges[name]
+        checks = [
+            _require(
+                tf.reduce_all((t >= low) & (t < high)),
+                f"{name}: ids must lie in [{low}, {high}), got values in [{{}}, {{}}]",
+                tf.reduce_min(t),
+                tf.reduce_max(t),
+            )
+        ]
+        if name == "channels":
+            checks.append(
+                _require(
+                    size < capacity, f"channels: at most {capacity - 1} triples, got {{}}", size
+                )
+            )
+        else:
+            checks.append(
+                _require(
+                    tf.equal(tf.size(t), size),
+                    f"{name}: must have the length of channels ({{}}), got {{}}",
+                    size,
+                    tf.size(t),
+                )
+            )
+        out.append(_after(t, *checks))
+    out += [
+        _integer_in(t, name, 1, cfg.resolution)
+        for name, t in (("height", height), ("width", width))
+    ]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # The exported object.
 
 
@@ -272,13 +445,6 @@ class DCTransformerModule(tf.Module):
 
     # ---- Shared pieces.
 
-    def _checks(self, temperature, top_p):
-        return [
-            tf.debugging.assert_greater(temperature, 0.0, message="temperature: must be > 0"),
-            tf.debugging.assert_greater(top_p, 0.0, message="top_p: must be in (0, 1]"),
-            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p: must be in (0, 1]"),
-        ]
-
     def _finish(self, state, heights=None, widths=None):
         lengths = state["length"]
         images, heights, widths = sampling.images_tf(
@@ -309,61 +475,25 @@ class DCTransformerModule(tf.Module):
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([], tf.int32, name="num_samples"),
-            tf.TensorSpec([], tf.int32, name="label"),
-            tf.TensorSpec([], tf.float32, name="temperature"),
-            tf.TensorSpec([], tf.float32, name="top_p"),
-            tf.TensorSpec([], tf.int64, name="seed"),
+            tf.TensorSpec(None, tf.int32, name="num_samples"),
+            tf.TensorSpec(None, tf.int32, name="label"),
+            tf.TensorSpec(None, tf.float32, name="temperature"),
+            tf.TensorSpec(None, tf.float32, name="top_p"),
+            tf.TensorSpec(None, tf.int64, name="seed"),
         ]
     )
     def sample(self, num_samples, label, temperature, top_p, seed):
-        checks = self._checks(temperature, top_p)
-        checks += [
-            tf.debugging.assert_greater(num_samples, 0, message="num_samples: must be >= 1"),
-            tf.debugging.assert_less_equal(
-                num_samples,
-                self._max_samples,
-                message=f"num_samples: at most {self._max_samples} per call (the export's cap)",
-            ),
-        ]
-        classes = self._config.num_classes
-        if classes:
-            checks += [
-                tf.debugging.assert_greater_equal(
-                    label, -1, message=f"label: out of range [-1, {classes}) (-1: no class)"
-                ),
-                tf.debugging.assert_less(
-                    label, classes, message=f"label: out of range [-1, {classes}) (-1: no class)"
-                ),
-            ]
-        else:
-            checks.append(
-                tf.debugging.assert_equal(
-                    label, -1, message="label: the model is unconditional; pass -1"
-                )
-            )
-        with tf.control_dependencies(checks):
-            n = tf.identity(num_samples)
-            state = self._sampler.initial_state(n, self._capacity, label=tf.fill([n], label))
+        n, label, temperature, top_p, seed = _sample_arguments(
+            num_samples,
+            label,
+            temperature,
+            top_p,
+            seed,
+            num_classes=self._config.num_classes,
+            max_samples=self._max_samples,
+        )
+        state = self._sampler.initial_state(n, self._capacity, label=tf.fill([n], label))
         return self._finish(self._run(state, seed, temperature, top_p))
-
-    def _image_checks(self, image, channels: tuple[int, ...], largest: int):
-        shape = tf.shape(image)
-        names = " or ".join(str(c) for c in channels)
-        ok_channels = tf.reduce_any(tf.equal(shape[2], list(channels)))
-        return [
-            tf.debugging.assert_equal(
-                ok_channels, True, message=f"image: must be (height, width, {names}) uint8"
-            ),
-            tf.debugging.assert_greater(
-                tf.reduce_min(shape[:2]), 0, message="image: height and width must be >= 1"
-            ),
-            tf.debugging.assert_less_equal(
-                tf.reduce_max(shape[:2]),
-                largest,
-                message=f"image: height and width must be <= {largest}",
-            ),
-        ]
 
     def _single(self, context, base, seed, height, width):
         c, p, v = context
@@ -381,71 +511,42 @@ class DCTransformerModule(tf.Module):
         return out
 
     def upsample(self, image, seed):
-        with tf.control_dependencies(self._image_checks(image, (3,), MAX_IMAGE_SIDE)):
-            image = tf.identity(image)
+        image = _image_argument(image, (3,), MAX_IMAGE_SIDE)
+        seed = _scalar(seed, "seed")
         context, h, w = upsampling_context_tf(image, self._cfg)
         return self._single(context, None, seed, h, w)
 
     def colorize(self, image, seed):
-        with tf.control_dependencies(self._image_checks(image, (1, 3), MAX_IMAGE_SIDE)):
-            image = tf.identity(image)
+        image = _image_argument(image, (1, 3), MAX_IMAGE_SIDE)
+        seed = _scalar(seed, "seed")
         context, h, w = colorization_context_tf(image, self._cfg)
         return self._single(context, True, seed, h, w)
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([None], tf.int32, name="channels"),
-            tf.TensorSpec([None], tf.int32, name="positions"),
-            tf.TensorSpec([None], tf.int32, name="values"),
-            tf.TensorSpec([], tf.int32, name="height"),
-            tf.TensorSpec([], tf.int32, name="width"),
+            tf.TensorSpec(None, tf.int32, name="channels"),
+            tf.TensorSpec(None, tf.int32, name="positions"),
+            tf.TensorSpec(None, tf.int32, name="values"),
+            tf.TensorSpec(None, tf.int32, name="height"),
+            tf.TensorSpec(None, tf.int32, name="width"),
         ]
     )
     def log_prob(self, channels, positions, values, height, width):
         cfg, config = self._cfg, self._config
-        size = tf.size(channels)
-        checks = [
-            tf.debugging.assert_equal(
-                tf.size(positions), size, message="positions: must have the length of channels"
-            ),
-            tf.debugging.assert_equal(
-                tf.size(values), size, message="values: must have the length of channels"
-            ),
-            tf.debugging.assert_less(
-                size, self._capacity, message=f"channels: longer than {self._capacity - 1}"
-            ),
-        ]
-        for name, t, low, high in (
-            ("channels", channels, 0, cfg.stop_token),
-            ("positions", positions, 0, cfg.num_positions),
-            ("values", values, -cfg.clip, cfg.clip + 1),
-        ):
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.reduce_all((t >= low) & (t < high)),
-                    True,
-                    message=f"{name}: ids must lie in [{low}, {high})",
-                )
-            )
-        for name, t in (("height", height), ("width", width)):
-            checks += [
-                tf.debugging.assert_greater(t, 0, message=f"{name}: must be >= 1"),
-                tf.debugging.assert_less_equal(
-                    t, cfg.resolution, message=f"{name}: must be <= {cfg.resolution}"
-                ),
-            ]
-        with tf.control_dependencies(checks):
-            stop = tf.constant([cfg.stop_token], tf.int32)
-            zero = tf.zeros([1], tf.int32)
-            seq = {
-                "channels": tf.concat([channels, stop], 0),
-                "positions": tf.concat([positions, zero], 0),
-                "values": tf.concat([values, zero], 0),
-                "height": height,
-                "width": width,
-                "label": tf.constant(-1),
-                "sequence_index": tf.constant(0),
-            }
+        channels, positions, values, height, width = _log_prob_arguments(
+            channels, positions, values, height, width, cfg=cfg, capacity=self._capacity
+        )
+        stop = tf.constant([cfg.stop_token], tf.int32)
+        zero = tf.zeros([1], tf.int32)
+        seq = {
+            "channels": tf.concat([channels, stop], 0),
+            "positions": tf.concat([positions, zero], 0),
+            "values": tf.concat([values, zero], 0),
+            "height": height,
+            "width": width,
+            "label": tf.constant(-1),
+            "sequence_index": tf.constant(0),
+        }
         length = tf.size(seq["channels"])
         if self._target_part == "chroma":
             base = tf.reduce_sum(tf.cast(seq["channels"] < cfg.channels_per_plane, tf.int32))
@@ -574,6 +675,8 @@ def check_out(out: str, model_dir: str | None = None, *, name: str = "out") -> N
     Raises:
       InputError: anything else: the run directory, a file, a non-empty directory that is not
         an export (the message names `out` and says what to do).
+      run_dir.RunLockedError: (an InputError) `out` lies inside model_dir while a trainer
+        holds that run's lock.
     """
     if not out or not out.strip("/"):
         raise InputError(f"{name}={out!r}: not a directory name")
@@ -582,6 +685,8 @@ def check_out(out: str, model_dir: str | None = None, *, name: str = "out") -> N
             f"{name}={out}: is (or holds) the run directory {model_dir}; write the SavedModel "
             "to a directory of its own, e.g. MODEL_DIR/saved_model"
         )
+    if model_dir is not None and _holds(model_dir, out):
+        run_dir.check_unlocked(model_dir, f"the export would write {name}={out} there")
     if not tf.io.gfile.exists(out):
         return
     if not tf.io.gfile.isdir(out):
@@ -653,8 +758,9 @@ def export(
     module = DCTransformerModule(
         model, model_config, target_part, max_num_samples=max_num_samples, max_chunks=max_chunks
     )
-    image = tf.TensorSpec([None, None, None], tf.uint8, name="image")
-    seed = tf.TensorSpec([], tf.int64, name="seed")
+    # Any shape: the signature checks the rank itself and names the argument (see above).
+    image = tf.TensorSpec(None, tf.uint8, name="image")
+    seed = tf.TensorSpec(None, tf.int64, name="seed")
     signatures = {
         "sample": module.sample.get_concrete_function(),
         "log_prob": module.log_prob.get_concrete_function(),

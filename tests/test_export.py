@@ -1,8 +1,9 @@
 """The SavedModel export of the shared trained run: loaded in a fresh Python process that never
 imports dct_gen, it samples, scores a sequence exactly as evaluation does and names the argument
-of each bad input; upsample and colorize build the numpy path's context (Pillow's Lanczos resize
-reproduced in the graph, pixel for pixel); the command refuses to replace anything but an
-earlier export, and bad flags and bad input are one line each."""
+of each bad input (infinite or NaN temperatures, top_p out of range, a wrong rank); upsample and
+colorize build the numpy path's context (Pillow's Lanczos resize reproduced in the graph, pixel
+for pixel); the command refuses to replace anything but an earlier export, and bad flags and bad
+input are one line each. The graph's argument checks are also traced on their own (fast)."""
 
 import contextlib
 import io
@@ -20,10 +21,11 @@ from PIL import Image
 
 from dct_gen import dct_ops, evaluation, export, records, run_dir, sampling, saved_model
 from dct_gen import model as model_lib
+from dct_gen import representation as rep
 from dct_gen.errors import InputError
 
-# Each export traces the sampling loop into a graph, about a minute: `make test-slow`.
-pytestmark = pytest.mark.slow
+# Each export traces the sampling loop into a graph, about a minute: the tests of an export are
+# marked slow (`make test-slow`).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -59,6 +61,7 @@ def _tree(path):
     return out
 
 
+@pytest.mark.slow
 def test_the_export_is_marked_and_reports_itself(exported, trained_run):
     out, stdout, status = exported
     assert status == 0
@@ -134,6 +137,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_saved_model_in_a_fresh_process(exported, trained_run, test_configs, tmp_path):
     saved, _, status = exported
     assert status == 0
@@ -195,6 +199,7 @@ def _context(out):
     return [out[k][0, :n].numpy() for k in ("channels", "positions", "values")]
 
 
+@pytest.mark.slow
 def test_resize_reproduces_pillow_pixel_for_pixel(color_photos, test_configs):
     cfg = test_configs()["dct_config"]
     rng = np.random.default_rng(0)
@@ -227,6 +232,7 @@ def test_resize_reproduces_pillow_pixel_for_pixel(color_photos, test_configs):
     assert grey.shape[:2] == (24, 32)
 
 
+@pytest.mark.slow
 def test_upsample_of_a_30x45_photo_builds_the_numpy_context(exported, color_photos, test_configs):
     loaded = tf.saved_model.load(exported[0])
     cfg = test_configs()["dct_config"]
@@ -248,6 +254,7 @@ def test_upsample_of_a_30x45_photo_builds_the_numpy_context(exported, color_phot
     np.testing.assert_array_equal(values, encode(tf.constant(blocky))[2].numpy())
 
 
+@pytest.mark.slow
 def test_colorize_context_equals_the_numpy_path(tmp_path, color_photos, gray_photo, test_configs):
     configs = test_configs("dct_config.ordering = 'luma_first'")
     model_config = configs["model_config"]
@@ -288,6 +295,7 @@ def test_colorize_context_equals_the_numpy_path(tmp_path, color_photos, gray_pho
         )
 
 
+@pytest.mark.slow
 def test_out_is_refused_unless_new_empty_or_an_earlier_export(
     trained_run, exported, tmp_path, capsys
 ):
@@ -350,6 +358,7 @@ def test_out_is_refused_unless_new_empty_or_an_earlier_export(
     assert not os.path.exists(tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_an_earlier_export_is_replaced_and_nothing_beside_it_touched(
     trained_run, exported, tmp_path, capsys
 ):
@@ -374,3 +383,190 @@ def test_an_earlier_export_is_replaced_and_nothing_beside_it_touched(
     ]
     for name in ("saved_model.tmp", "saved_model.partial"):
         assert (tmp_path / name / "keep.txt").read_text() == name
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad arguments are named: the graph's checks traced on their own (fast), then the SavedModel.
+
+SAMPLE_ARGS = dict(num_samples=2, label=-1, temperature=1.0, top_p=1.0, seed=0)
+SAMPLE_DTYPES = dict(
+    num_samples=tf.int32, label=tf.int32, temperature=tf.float32, top_p=tf.float32, seed=tf.int64
+)
+SCALAR_SHAPE = "must be a scalar (shape [])"
+# (argument, bad value, what the message says), each for the sample signature.
+BAD_SAMPLE_ARGS = [
+    ("temperature", float("inf"), "temperature: must be finite and > 0, got inf"),
+    ("temperature", float("-inf"), "temperature: must be finite and > 0, got -inf"),
+    ("temperature", float("nan"), "temperature: must be finite and > 0, got nan"),
+    ("temperature", 0.0, "temperature: must be finite and > 0, got 0"),
+    ("temperature", [1.0, 2.0], f"temperature: {SCALAR_SHAPE}, got shape [2]"),
+    ("top_p", float("nan"), "top_p: must be in (0, 1], got nan"),
+    ("top_p", float("inf"), "top_p: must be in (0, 1], got inf"),
+    ("top_p", 1.5, "top_p: must be in (0, 1], got 1.5"),
+    ("top_p", 0.0, "top_p: must be in (0, 1], got 0"),
+    ("top_p", [[0.5]], f"top_p: {SCALAR_SHAPE}, got shape [1 1]"),
+    ("num_samples", 0, "num_samples: must be >= 1, got 0"),
+    ("num_samples", [2], f"num_samples: {SCALAR_SHAPE}, got shape [1]"),
+    ("label", 3, "label: the model is unconditional; pass -1, got 3"),
+    ("label", [[-1]], f"label: {SCALAR_SHAPE}, got shape [1 1]"),
+    ("seed", [1, 2], f"seed: {SCALAR_SHAPE}, got shape [2]"),
+]
+
+
+def _any_shape(*dtypes):
+    """Input specs of unknown shape, as the signatures declare them."""
+    return [tf.TensorSpec(None, d) for d in dtypes]
+
+
+def _failure(fn, *args, **kwargs) -> str:
+    """The InvalidArgumentError message fn raises."""
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        fn(*args, **kwargs)
+    return raised.value.message
+
+
+@pytest.fixture(scope="module")
+def graph_checks(test_configs):
+    """The signatures' argument checks, each traced alone with the signatures' input specs
+    (unknown shapes): sample's (cap 4, unconditional), upsample's and colorize's image (at most
+    64 pixels a side) and log_prob's (the test config, sequences of at most 5 triples)."""
+    cfg = test_configs()["dct_config"]
+
+    def sample(num_samples, label, temperature, top_p, seed):
+        return saved_model._sample_arguments(
+            num_samples, label, temperature, top_p, seed, num_classes=None, max_samples=4
+        )
+
+    sample = tf.function(sample, input_signature=_any_shape(*SAMPLE_DTYPES.values()))
+    images = {
+        name: tf.function(
+            lambda im, c=channels: saved_model._image_argument(im, c, 64),
+            input_signature=_any_shape(tf.uint8),
+        )
+        for name, channels in (("upsample", (3,)), ("colorize", (1, 3)))
+    }
+    log_prob = tf.function(
+        lambda *a: saved_model._log_prob_arguments(*a, cfg=cfg, capacity=6),
+        input_signature=_any_shape(*[tf.int32] * 5),
+    )
+    return dict(cfg=cfg, sample=sample, log_prob=log_prob, **images)
+
+
+def _sample_call(fn, **changes):
+    args = {**SAMPLE_ARGS, **changes}
+    return fn(**{k: tf.constant(v, SAMPLE_DTYPES[k]) for k, v in args.items()})
+
+
+def _log_prob_args(cfg, **changes):
+    args = dict(channels=[0, 1], positions=[0, 3], values=[5, -2], height=16, width=32)
+    args.update(changes)
+    return [tf.constant(args[k], tf.int32) for k in ("channels", "positions", "values")] + [
+        tf.constant(args[k], tf.int32) for k in ("height", "width")
+    ]
+
+
+def test_graph_checks_pass_good_arguments_through(graph_checks):
+    n, label, temperature, top_p, seed = _sample_call(
+        graph_checks["sample"], temperature=1e30, top_p=1e-6
+    )
+    assert (int(n), int(label), float(temperature), float(top_p), int(seed)) == (
+        2,
+        -1,
+        np.float32(1e30),
+        np.float32(1e-6),
+        0,
+    )
+    # Each checked argument has its static rank back (what follows in the graph needs it).
+    concrete = graph_checks["sample"].get_concrete_function()
+    assert [t.shape.rank for t in concrete.structured_outputs] == [0] * 5
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    np.testing.assert_array_equal(graph_checks["upsample"](image), image)
+    np.testing.assert_array_equal(graph_checks["colorize"](image[:, :, :1]), image[:, :, :1])
+    out = graph_checks["log_prob"](*_log_prob_args(graph_checks["cfg"]))
+    assert [t.numpy().tolist() for t in out] == [[0, 1], [0, 3], [5, -2], 16, 32]
+
+
+@pytest.mark.parametrize("name,value,message", BAD_SAMPLE_ARGS)
+def test_graph_checks_name_a_bad_sample_argument(graph_checks, name, value, message):
+    assert message in _failure(_sample_call, graph_checks["sample"], **{name: value})
+
+
+def test_graph_checks_name_the_other_bad_arguments(graph_checks):
+    sample = graph_checks["sample"]
+    assert "num_samples: at most 4 per call" in _failure(_sample_call, sample, num_samples=5)
+    for signature, shape, message in [
+        ("upsample", (1, 4, 4, 3), "image: must be (height, width, 3) uint8, got shape [1 4 4 3]"),
+        ("upsample", (4, 4), "image: must be (height, width, 3) uint8, got shape [4 4]"),
+        ("upsample", (4, 4, 1), "image: must be (height, width, 3) uint8, got shape [4 4 1]"),
+        ("colorize", (4, 4, 2), "image: must be (height, width, 1 or 3) uint8, got shape [4 4 2]"),
+        ("colorize", (0, 4, 1), "image: height and width must be >= 1, got shape [0 4 1]"),
+        ("upsample", (4, 65, 3), "image: height and width must be <= 64, got shape [4 65 3]"),
+    ]:
+        got = _failure(graph_checks[signature], tf.zeros(shape, tf.uint8))
+        assert message in got, (signature, shape)
+    cfg = graph_checks["cfg"]
+    stop, r, clip = cfg.stop_token, cfg.resolution, cfg.clip
+    for changes, message in [
+        (dict(channels=5), "channels: must be a vector (L,) int32, got shape []"),
+        (dict(positions=[[0, 3]]), "positions: must be a vector (L,) int32, got shape [1 2]"),
+        (dict(positions=[0]), "positions: must have the length of channels (2), got 1"),
+        (dict(values=[5, -2, 0]), "values: must have the length of channels (2), got 3"),
+        (
+            dict(channels=[0, stop]),
+            f"channels: ids must lie in [0, {stop}), got values in [0, {stop}]",
+        ),
+        (
+            dict(values=[clip + 1, 0]),
+            f"values: ids must lie in [{-clip}, {clip + 1}), got values in [0, {clip + 1}]",
+        ),
+        (dict(height=0), f"height: must be in [1, {r}], got 0"),
+        (dict(width=r + 1), f"width: must be in [1, {r}], got {r + 1}"),
+        (dict(width=[r]), f"width: {SCALAR_SHAPE}, got shape [1]"),
+        (
+            dict(channels=[0] * 6, positions=[0] * 6, values=[0] * 6),
+            "channels: at most 5 triples, got 6",
+        ),
+    ]:
+        got = _failure(graph_checks["log_prob"], *_log_prob_args(cfg, **changes))
+        assert message in got, changes
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported[0])
+
+
+@pytest.mark.slow
+def test_the_saved_model_names_each_bad_argument(loaded, trained_run, test_configs):
+    """Through the real signatures: values, ranks and the dtype TensorFlow checks itself."""
+    sample = loaded.signatures["sample"]
+    for name, value, message in BAD_SAMPLE_ARGS:
+        assert message in _failure(_sample_call, sample, **{name: value}), (name, value)
+    upsample = loaded.signatures["upsample"]
+    seed = tf.constant(0, tf.int64)
+    for shape in [(1, 4, 4, 3), (4, 4)]:
+        got = _failure(upsample, image=tf.zeros(shape, tf.uint8), seed=seed)
+        assert "image: must be (height, width, 3) uint8, got shape" in got, shape
+    got = _failure(upsample, image=tf.zeros([4, 4, 3], tf.uint8), seed=tf.constant([0], tf.int64))
+    assert f"seed: {SCALAR_SHAPE}, got shape [1]" in got
+    cfg = test_configs()["dct_config"]
+    log_prob = loaded.signatures["log_prob"]
+    args = dict(zip(("channels", "positions", "values", "height", "width"), _log_prob_args(cfg)))
+    got = _failure(log_prob, **{**args, "channels": tf.constant([[0, 1]])})
+    assert "channels: must be a vector (L,) int32, got shape [1 2]" in got
+    got = _failure(log_prob, **{**args, "height": tf.constant([16])})
+    assert f"height: {SCALAR_SHAPE}, got shape [1]" in got
+    # A wrong dtype is refused by TensorFlow before the graph runs; docs/sampling.md lists them.
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)):
+        _sample_call(sample, seed=tf.constant(0, tf.int32))
+
+
+@pytest.mark.slow
+def test_a_huge_temperature_keeps_the_structural_rules(loaded, test_configs):
+    """Every allowed move about equally likely, and no masked one: a temperature of inf used
+    to let masked moves through and break the rules."""
+    cfg = test_configs()["dct_config"]
+    out = _sample_call(loaded.signatures["sample"], num_samples=3, temperature=1e30, seed=5)
+    for i, n in enumerate(out["lengths"].numpy()):
+        triples = [out[k][i, :n].numpy() for k in ("channels", "positions", "values")]
+        rep.check_triples(*triples, cfg)

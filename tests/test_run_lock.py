@@ -525,3 +525,15 @@ def test_two_real_trainers(tmp_path, test_data_dir):
     assert f"taking over a stale lock (host {HOST}, pid {first.pid}," in third.stdout
     assert "stopped at step 1 (done)" in third.stdout
     assert not (model_dir / run_dir.LOCK_FILE).exists()
+
+
+def test_an_export_into_a_locked_run_is_refused_and_one_beside_it_is_not(tmp_path, holder):
+    from dct_gen import saved_model
+
+    run = tmp_path / "run"
+    proc = holder(run)
+    with pytest.raises(run_dir.RunLockedError) as e:
+        saved_model.check_out(str(run / "saved_model"), str(run), name="--out")
+    assert f"pid {proc.pid}" in str(e.value) and "--out=" in str(e.value)
+    saved_model.check_out(str(tmp_path / "saved_model"), str(run), name="--out")  # outside: fine
+    assert not (run / "saved_model").exists()

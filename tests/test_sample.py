@@ -111,6 +111,12 @@ def test_samples_are_valid_seeded_and_cut_at_the_chunk_limit():
     for k in ("channels", "positions", "values"):
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["values"], c["values"])
+    # A huge temperature makes every allowed move about equally likely (the stop token among
+    # them), and no masked one: the samples still follow every structural rule.
+    state = sampler.initial_state(4, 3 * config.chunk_size)
+    hot = sampler.sample(state, sampling.SampleOptions(temperature=1e30, max_chunks=3), seed=7)
+    lengths = _valid(hot, config)
+    assert lengths.min() < 3 * config.chunk_size, lengths  # the stop token is drawn now
 
 
 def test_each_image_stops_on_its_own():
@@ -156,12 +162,64 @@ def test_filter_logits():
     assert keep(temperature=1.0, top_p=0.7, top_k=0) == [True, True, False, False]
     assert keep(temperature=1.0, top_p=0.81, top_k=0) == [True, True, True, False]
     assert keep(temperature=1.0, top_p=0.01, top_k=0) == [True, False, False, False]
-    scaled = sampling.filter_logits(logits, temperature=0.5, top_p=1.0, top_k=0)
-    np.testing.assert_allclose(scaled, logits * 2.0, rtol=1e-6)
-    with pytest.raises(ValueError, match="temperature"):
-        sampling.SampleOptions(temperature=0.0)
-    with pytest.raises(ValueError, match="top_p"):
-        sampling.SampleOptions(top_p=1.5)
+    # The temperature divides the logits: the distribution is softmax(logits / T).
+    for t in (0.5, 3.0):
+        scaled = sampling.filter_logits(logits, temperature=t, top_p=1.0, top_k=0)
+        np.testing.assert_allclose(tf.nn.softmax(scaled), tf.nn.softmax(logits / t), rtol=1e-6)
+
+
+def test_extreme_temperatures_keep_the_structural_mask():
+    # Two entries masked as the structural mask does it; 0.9, 0.6 and 0.3 allowed.
+    mask = layers.MASK_VALUE
+    logits = tf.constant([[0.3, mask, 0.9, mask, 0.6]])
+    allowed = np.array([True, False, True, False, True])
+    draw = lambda filtered: tf.random.stateless_categorical(filtered, 4000, [3, 4])[0].numpy()
+    for t in (1e30, 3.4e38):
+        # Every allowed move about equally likely, the masked ones still impossible.
+        filtered = sampling.filter_logits(logits, temperature=t, top_p=1.0, top_k=0)
+        np.testing.assert_array_equal(filtered[0].numpy()[~allowed], mask)
+        np.testing.assert_allclose(tf.nn.softmax(filtered)[0].numpy()[allowed], 1 / 3, rtol=1e-6)
+        counts = np.bincount(draw(filtered), minlength=5)
+        assert counts[~allowed].sum() == 0 and counts[allowed].min() > 1200, counts
+    for t in (1e-30, 1e-40, 1e-45):  # 1e-40 and 1e-45 are float32 subnormals (flushed to 0)
+        # Greedy: the most likely move only, never an id outside the vocabulary.
+        filtered = sampling.filter_logits(logits, temperature=t, top_p=1.0, top_k=0)
+        assert np.isfinite(filtered.numpy()).all()
+        np.testing.assert_array_equal(draw(filtered), 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,named",
+    [
+        (dict(temperature=0.0), "temperature=0.0: must be finite and > 0"),
+        (dict(temperature=-1.0), "temperature=-1.0: must be finite and > 0"),
+        (dict(temperature=float("inf")), "temperature=inf: must be finite and > 0"),
+        (dict(temperature=float("nan")), "temperature=nan: must be finite and > 0"),
+        (dict(temperature="2"), "temperature='2': must be a number"),
+        # float32 would make these inf and 0.
+        (dict(temperature=1e39), r"temperature=1e\+39: must lie in float32's range"),
+        (dict(temperature=1e-39), r"temperature=1e-39: must lie in float32's range"),
+        (dict(top_p=1e-39), r"top_p=1e-39: must be at least 1.175e-38"),
+        (dict(top_p=1.5), r"top_p=1.5: must be in \(0, 1\]"),
+        (dict(top_p=0.0), r"top_p=0.0: must be in \(0, 1\]"),
+        (dict(top_p=float("nan")), r"top_p=nan: must be in \(0, 1\]"),
+        (dict(top_p=float("inf")), r"top_p=inf: must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k=-1: must be >= 0"),
+        (dict(top_k=2.5), "top_k=2.5: must be an integer"),
+        (dict(max_chunks=0), "max_chunks=0: must be >= 1"),
+        (dict(max_chunks=True), "max_chunks=True: must be an integer"),
+    ],
+)
+def test_sample_options_name_a_bad_option(kwargs, named):
+    with pytest.raises(UsageError, match=f"^{named}"):
+        sampling.SampleOptions(**kwargs)
+
+
+def test_sample_options_take_numpy_numbers():
+    options = sampling.SampleOptions(
+        temperature=np.float32(0.5), top_p=np.float64(0.9), top_k=np.int64(3), max_chunks=2
+    )
+    assert (options.temperature, options.top_p, options.top_k) == (0.5, 0.9, 3)
 
 
 def test_upsampling_keeps_its_context(color_photos):
@@ -432,6 +490,14 @@ def test_sample_command_line_bad_input_exits_1(tmp_path, capsys):
         (["--model_dir", "run", "--num_samples", "0"], "--num_samples"),
         (["--model_dir", "run", "--temperature", "0"], "--temperature"),
         (["--model_dir", "run", "--top_p", "1.5"], "--top_p"),
+        # Infinite and NaN values are refused by name before any model loads.
+        (["--model_dir", "run", "--temperature", "inf"], "--temperature=inf: must be finite"),
+        (["--model_dir", "run", "--temperature=nan"], "--temperature=nan: must be finite"),
+        (["--model_dir", "run", "--temperature", "-inf"], "--temperature=-inf: must be finite"),
+        (["--saved_model", "sm", "--temperature", "inf"], "--temperature=inf: must be finite"),
+        (["--model_dir", "run", "--top_p", "nan"], "--top_p=nan: must be in (0, 1]"),
+        (["--saved_model", "sm", "--top_p", "inf"], "--top_p=inf: must be in (0, 1]"),
+        (["--model_dir", "run", "--top_p", "0"], "--top_p=0.0: must be in (0, 1]"),
         (["--model_dir", "run", "--batch_size", "x"], "--batch_size"),
         (["--model_dir", "run", "--num_s", "3"], "num_s"),  # abbreviations are refused
         ([], "--model_dir"),
