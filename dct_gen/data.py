@@ -31,6 +31,7 @@ it. Values are raw quantized coefficients in [-clip, clip]; the model offsets th
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -67,44 +68,156 @@ def keep_probability(length, l_max):
 # Dataset metadata.
 
 
-def default_l_max(info: dict, split: str) -> int:
-    """L_max from info.json: the split's suggested L_max (a high length percentile, stop token
-    included), so that only the longest sequences are always kept."""
+def default_l_max(info: dict, split: str, where: str = records.INFO_FILENAME) -> int:
+    """L_max from info.json (`where` names it in errors): the split's suggested L_max (a high
+    length percentile, stop token included), so that only the longest sequences are always
+    kept."""
     lengths = info["splits"].get(split, {}).get("lengths", {})
-    if not lengths.get("suggested_l_max"):
+    suggested = lengths.get("suggested_l_max") if isinstance(lengths, dict) else None
+    if not suggested:
         raise ValueError(
-            f"info.json has no suggested_l_max for split {split!r}; pass l_max explicitly"
+            f"{where} has no suggested_l_max for split {split!r}; pass l_max explicitly"
         )
-    return int(lengths["suggested_l_max"])
+    if not isinstance(suggested, int) or isinstance(suggested, bool) or suggested < 1:
+        raise records.DatasetError(
+            f"{where}: field splits.{split}.lengths.suggested_l_max is {suggested!r}, not a "
+            "positive integer; rebuild the dataset or pass l_max explicitly"
+        )
+    return suggested
+
+
+# An InvalidArgumentError whose message holds one of these comes from a check of the data (the
+# record parser's, `_validate`'s, the per-shard record count's): the user's data is at fault.
+# Any other is a bug and keeps its traceback.
+DATA_CHECK_MESSAGES = (
+    "corrupt record",
+    "malformed record",
+    "format_version differs",
+    "Could not parse example input",
+    "TFRecord shard",
+)
+
+
+def error_message(error: tf.errors.OpError) -> str:
+    """An op error's message as one line, without TensorFlow's function and node decorations;
+    an assertion's data items are joined with spaces."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    text = re.sub(r"Error in user-defined function passed to .*? with iterator: \S+: ", "", text)
+    text = text.split("\n")[0].split("[Op:")[0].strip()
+    if text.startswith("assertion failed: "):
+        items = re.findall(r"\[(.*?)\](?=\s\[|$)", text[len("assertion failed: ") :])
+        text = " ".join(item.strip() for item in items) or text
+    return text
+
+
+def _recorded_counts(paths: list[str]) -> dict[str, int]:
+    """path -> the record count info.json (beside the shards) lists for it, where it does."""
+    counts = {}
+    for data_dir in sorted({p.rsplit("/", 1)[0] for p in paths if "/" in p}):
+        try:
+            info = records.read_info(data_dir)
+        except (OSError, ValueError, tf.errors.OpError):
+            continue  # a diagnosis: info.json's own errors are reported where it is read
+        for entry in info["splits"].values():
+            for shard in entry.get("shards", []):
+                counts[records.join(data_dir, shard["file"])] = shard["records"]
+    return counts
 
 
 def find_corrupt_shards(paths: list[str]) -> list[tuple[str, str]]:
-    """Reads each shard alone and returns (path, error) for those that fail their checksums."""
+    """Reads each shard alone and returns (path, error) for those that fail their checksums or
+    hold another number of records than info.json (beside them) lists for them."""
+    expected = _recorded_counts(paths)
     bad = []
     for path in paths:
+        count = 0
         try:
             for _ in tf.data.TFRecordDataset(path):
-                pass
+                count += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            bad.append((path, e.message.split("[Op:")[0].strip()))
+            bad.append((path, error_message(e)))
+            continue
+        if path in expected and count != expected[path]:
+            bad.append((path, f"{count} records, but info.json lists {expected[path]}"))
     return bad
 
 
 class ShardReadError(InputError, IOError):
-    """A shard could not be read; the message names it."""
+    """A shard could not be read, or holds bad data; the message names it."""
+
+
+def input_error(error: tf.errors.OpError, paths: list[str]) -> ShardReadError | None:
+    """The user error for an error the input pipeline over `paths` raised, or None when it is
+    not the data's fault (a bug: let it keep its traceback).
+
+    A DataLossError (a checksum or a framing that fails) is traced to its shard by reading each
+    shard alone (TF's reader reports only an offset). An InvalidArgumentError from a check of the
+    data (a corrupt or malformed record, a shard with fewer or more records than info.json
+    lists) already names the record's key or the shard; it is kept as one line.
+    """
+    if isinstance(error, tf.errors.DataLossError):
+        bad = find_corrupt_shards(paths)
+        names = "; ".join(f"{p}: {msg}" for p, msg in bad) or "no single shard fails alone"
+        return ShardReadError(f"damaged TFRecord shard(s): {names}")
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        message = error_message(error)
+        if len(message) > 500:  # a record that does not parse is quoted in the message
+            message = message[:497] + "..."
+        if any(marker in message for marker in DATA_CHECK_MESSAGES):
+            where = paths[0].rsplit("/", 1)[0] if paths else "the dataset"
+            return ShardReadError(message if where in message else f"{where}: {message}")
+    return None
 
 
 def iterate(dataset: tf.data.Dataset, paths: list[str]):
-    """Iterates a dataset, turning a damaged-shard error into one that names the shard.
-
-    TF's reader reports only an offset; on that error each shard is read alone to find which.
-    """
+    """Iterates a dataset, turning an error the data caused (a damaged shard, a bad record, a
+    shard with a record count other than info.json's) into a ShardReadError that names the shard
+    or the record (`input_error`)."""
     try:
         yield from dataset
-    except tf.errors.DataLossError as e:
-        bad = find_corrupt_shards(paths)
-        names = "; ".join(f"{p}: {msg}" for p, msg in bad) or "no single shard fails alone"
-        raise ShardReadError(f"damaged TFRecord shard(s): {names}") from e
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        user_error = input_error(e, paths)
+        if user_error is None:
+            raise
+        raise user_error from e
+
+
+# Records counted per block: the count's check runs once per block, not per record (a function
+# call per record would cost several times what reading the record does).
+COUNT_BLOCK = 64
+
+
+def _shard_records(path, expected, info_path: str):
+    """The records of one shard, their number checked against `expected` (what info.json at
+    `info_path` lists) as they are read: a record beyond `expected` fails when its block is
+    read, before it is handed on; a shard that ends short fails at its end. Both messages name
+    the shard. The count lives in a scan, so it resumes with a checkpointed iterator."""
+    blocks = tf.data.TFRecordDataset(path).batch(COUNT_BLOCK)
+    # An empty block marks the shard's end (batch never yields one); unbatch drops it.
+    end = tf.data.Dataset.from_tensors(tf.zeros([0], tf.string))
+    # Assert's data of int32 and strings only: TF then adds the assertion without a cond.
+    limit = tf.cast(expected, tf.int32)
+
+    def count(seen, block):
+        size = tf.size(block)
+        total = seen + size
+        checks = [
+            tf.debugging.Assert(
+                tf.logical_or(tf.equal(size, 0), total <= limit),
+                ["TFRecord shard", path, "holds more than the", limit, "records", info_path,
+                 "lists for it: it was changed after the dataset was written; rebuild the "
+                 "dataset"],
+            ),
+            tf.debugging.Assert(
+                tf.logical_or(size > 0, tf.equal(seen, limit)),
+                ["TFRecord shard", path, "ends after", seen, "records, but", info_path, "lists",
+                 limit, "for it: it was cut short; rebuild the dataset or copy it again"],
+            ),
+        ]  # fmt: skip
+        with tf.control_dependencies(checks):
+            return total, tf.identity(block)
+
+    return blocks.concatenate(end).scan(tf.constant(0, tf.int32), count).unbatch()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +363,14 @@ def make_dataset(
 
     Returns:
       A tf.data.Dataset of dicts (see the module docstring), batched.
+
+    Raises:
+      FileNotFoundError: no dataset, or the split did not finish or misses a shard.
+      records.DatasetError: info.json is malformed, or a shard's size differs from the size
+        info.json lists for it (`records.split_shards`).
+      tf.errors.InvalidArgumentError: while iterating, for a malformed record (the message
+        names its key) or a shard with fewer or more records than info.json lists (the message
+        names the shard); `iterate` turns these into a ShardReadError.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")
@@ -260,7 +381,9 @@ def make_dataset(
             f"chunk_size={chunk_size}, overlap={overlap}, batch_size={batch_size}: chunk_size "
             "and batch_size must be positive and overlap non-negative"
         )
-    paths = records.split_files(data_dir, split)  # checks COMPLETED and that no shard is missing
+    # Checks COMPLETED, that no shard is missing and that each has info.json's size.
+    shards = records.split_shards(data_dir, split)
+    paths = [shard.path for shard in shards]
     info = records.read_info(data_dir)
     cfg = records.representation_from_info(info)
     if target_part == "chroma" and cfg.ordering != "luma_first":
@@ -268,18 +391,28 @@ def make_dataset(
             f"target_part='chroma' needs a luma_first dataset; {data_dir} is {cfg.ordering}"
         )
     train = mode == "train"
-    l_max = default_l_max(info, split) if (l_max is None and train) else l_max
+    if l_max is None and train:
+        l_max = default_l_max(info, split, records.join(data_dir, records.INFO_FILENAME))
     drop_remainder = train if drop_remainder is None else drop_remainder
     repeat = train if repeat is None else repeat
     window = chunk_size + overlap
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
+    # Each shard's record count is checked as it is read when info.json lists them all (a
+    # dataset written before it did is read as it was).
+    counts = [shard.num_records for shard in shards]
+    if counts and None not in counts:
+        files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64)))
+        info_path = records.join(data_dir, records.INFO_FILENAME)
+        read = lambda path, expected: _shard_records(path, expected, info_path)
+    else:
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        read = tf.data.TFRecordDataset
     if input_context is not None and input_context.num_input_pipelines > 1:
         n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
         if len(paths) >= n:
             files = files.shard(n, i)
     ds = files.interleave(
-        tf.data.TFRecordDataset,
+        read,
         cycle_length=min(len(paths), 8),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,

@@ -24,18 +24,22 @@ A dataset directory holds, per split, `<split>.tfrecord-SSSSS-of-NNNNN` shards, 
 `failed-<split>.jsonl` dead-letter file, and, shared by the splits, `info.json` (the
 representation, per-split counts and sequence-length statistics; see `docs/datasets.md`) and
 `COMPLETED`, which names the splits whose conversion finished, one per line, and is written last.
+Readers list a split with `split_shards` (or `split_files`), which checks each shard's size
+against the one info.json lists for it; `dct_gen.data` checks their record counts as it reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from dct_gen.errors import InputError
 from dct_gen.representation import DCTConfig
 
 FORMAT_VERSION = 1
@@ -56,6 +60,15 @@ FEATURE_NAMES = (
 )
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Records store int64 varints; the reader hands int32 on, and refuses what would not fit rather
+# than let a crafted 2^32 + 5 wrap to 5.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class DatasetError(InputError):
+    """A dataset directory's info.json or shards are malformed or disagree; the message names
+    the file and the field."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +177,14 @@ def unpack_triples(stored: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, n
     lengths = np.asarray(stored["channel_run_lengths"], dtype=np.int64)
     deltas = np.asarray(stored["position_deltas"], dtype=np.int64)
     codes = np.asarray(stored["values"], dtype=np.int64)
-    if lengths.sum() != deltas.size or codes.size != deltas.size or runs.size != lengths.size:
+    # Each run length within [0, n] first, so that their sum cannot wrap around int64.
+    lengths_ok = not lengths.size or (lengths.min() >= 0 and lengths.max() <= deltas.size)
+    if (
+        not lengths_ok
+        or lengths.sum() != deltas.size
+        or codes.size != deltas.size
+        or runs.size != lengths.size
+    ):
         raise ValueError(
             f"corrupt record: {runs.size} runs of {lengths.sum()} triples, "
             f"{deltas.size} positions, {codes.size} values"
@@ -173,11 +193,24 @@ def unpack_triples(stored: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, n
     csum = np.cumsum(deltas)
     before = np.concatenate([[0], csum])[np.cumsum(lengths) - lengths]
     positions = csum - np.repeat(before, lengths)
-    return (
-        channels.astype(np.int32),
-        positions.astype(np.int32),
-        zigzag_decode(codes).astype(np.int32),
-    )
+    values = zigzag_decode(codes)
+    for field, array in (
+        ("channel_runs", channels),
+        ("position_deltas", positions),
+        ("values", values),
+    ):
+        _check_int32(field, array)
+    return channels.astype(np.int32), positions.astype(np.int32), values.astype(np.int32)
+
+
+def _check_int32(field: str, array: np.ndarray) -> None:
+    """Raises ValueError naming the record field when a decoded number does not fit int32."""
+    outside = (array < INT32_MIN) | (array > INT32_MAX)
+    if outside.any():
+        raise ValueError(
+            f"corrupt record: field {field} decodes to {int(array[outside][0])}, outside the "
+            "int32 range"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,7 +346,8 @@ def parse_example(serialized) -> dict:
 
     Raises:
       tf.errors.InvalidArgumentError: (when the op runs) for a record of another format
-        version, or whose arrays disagree in length.
+        version, whose arrays disagree in length, or that holds a number outside int32 (the
+        message names the field and the record's key).
     """
     # TensorFlow is imported here, not at module level: Beam workers import this module to
     # write records and should not pay for TensorFlow.
@@ -352,13 +386,18 @@ def parse_example(serialized) -> dict:
         tf.debugging.assert_equal(
             tf.size(runs), tf.size(lengths), message="corrupt record: channel runs"
         ),
+        tf.debugging.assert_non_negative(lengths, message="corrupt record: negative run length"),
+        # Each length within [0, n] keeps their sum from wrapping around int64 (a crafted
+        # record could otherwise pass the sum check and make tf.repeat allocate 2^63).
+        tf.debugging.assert_less_equal(
+            lengths, n, message="corrupt record: a run longer than the record"
+        ),
         tf.debugging.assert_equal(
             tf.reduce_sum(lengths), n, message="corrupt record: run lengths vs positions"
         ),
         tf.debugging.assert_equal(
             tf.size(codes, out_type=tf.int64), n, message="corrupt record: values vs positions"
         ),
-        tf.debugging.assert_non_negative(lengths, message="corrupt record: negative run length"),
     ]
     with tf.control_dependencies(checks):
         channels = tf.repeat(runs, lengths)
@@ -369,49 +408,204 @@ def parse_example(serialized) -> dict:
         values = tf.bitwise.bitwise_xor(
             tf.bitwise.right_shift(codes, 1), -tf.bitwise.bitwise_and(codes, 1)
         )
-    return {
-        "channels": tf.cast(channels, tf.int32),
-        "positions": tf.cast(positions, tf.int32),
-        "values": tf.cast(values, tf.int32),
-        "height": tf.cast(f["height"], tf.int32),
-        "width": tf.cast(f["width"], tf.int32),
-        "label": tf.cast(f["label"], tf.int32),
-        "key": f["key"],
+    # The int64 numbers must fit the int32 they are handed on as (a cast would wrap them).
+    # Positions are checked after the running sum: two positions that fit int32 differ by a
+    # delta that int64 holds exactly, so no wrapped delta can hide behind them.
+    decoded = {
+        "channel_runs": runs,
+        "position_deltas": positions,
+        "values": values,
+        "height": f["height"],
+        "width": f["width"],
+        "label": f["label"],
     }
+    fits = [
+        _require(
+            (tf.reduce_min(t) >= INT32_MIN) & (tf.reduce_max(t) <= INT32_MAX),
+            f"corrupt record: field {field} holds a number outside the int32 range; record key:",
+            f["key"],
+        )
+        for field, t in decoded.items()
+    ]
+    with tf.control_dependencies([op for op in fits if op is not None]):
+        return {
+            "channels": tf.cast(channels, tf.int32),
+            "positions": tf.cast(positions, tf.int32),
+            "values": tf.cast(values, tf.int32),
+            "height": tf.cast(f["height"], tf.int32),
+            "width": tf.cast(f["width"], tf.int32),
+            "label": tf.cast(f["label"], tf.int32),
+            "key": tf.identity(f["key"]),
+        }
+
+
+def _require(ok, message: str, key):
+    """An assertion that fails with `message` and the record's key: an op inside a graph, and
+    at once, with the same one-line message, when run eagerly (eager tf.debugging.Assert words
+    its message otherwise)."""
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        if not bool(ok):
+            name = key.numpy().decode("utf-8", "replace")
+            raise tf.errors.InvalidArgumentError(None, None, f"{message} {name}")
+        return None
+    return tf.debugging.Assert(ok, [message, key])
 
 
 # ----------------------------------------------------------------------------------------------
 # info.json and COMPLETED (reading side; the Beam job writes them).
 
 
-def check_info(info: Mapping[str, Any], where: str = INFO_FILENAME) -> Mapping[str, Any]:
-    """Checks an info.json dict's format version and layout; returns it."""
+class Shard(NamedTuple):
+    """One shard of a split, as `split_shards` lists it.
+
+    Attributes:
+      path: the shard's path (local or a URL such as gs://bucket/dir/...).
+      num_records: the records info.json says it holds; None for a dataset written before
+        info.json listed its shards (then nothing is checked).
+      num_bytes: its size in bytes, from info.json (None likewise).
+    """
+
+    path: str
+    num_records: int | None
+    num_bytes: int | None
+
+
+def _json_text(value: Any) -> str:
+    """A value as info.json spells it, cut short: 'abc' shows as "abc", None as null."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_error(where: str, field: str, value: Any, wanted: str) -> DatasetError:
+    return DatasetError(
+        f"{where}: field {field} is {_json_text(value)}, not {wanted}; rebuild the dataset"
+    )
+
+
+def _representation(info: Mapping[str, Any], where: str) -> DCTConfig:
+    """info['representation'] as a DCTConfig; errors name the file and the field."""
+    rep = info["representation"]
+    if not isinstance(rep, Mapping):
+        raise _field_error(where, "representation", rep, "an object")
+    defaults = {f.name: f.default for f in dataclasses.fields(DCTConfig)}
+    for name, value in rep.items():
+        if name not in defaults:
+            raise DatasetError(
+                f"{where}: field representation.{name} is unknown (known: {sorted(defaults)}); "
+                "rebuild the dataset with this version of beam_jobs.build_dataset"
+            )
+        if isinstance(defaults[name], str):
+            if not isinstance(value, str):
+                raise _field_error(where, f"representation.{name}", value, "a string")
+        elif not _is_int(value):
+            raise _field_error(where, f"representation.{name}", value, "an integer")
+    try:
+        return DCTConfig(**rep)
+    except ValueError as e:  # a value out of range; the message names the field
+        raise DatasetError(f"{where}: field representation.{e}; rebuild the dataset") from None
+
+
+def _check_split_entry(entry: Any, field: str, where: str) -> None:
+    """The types of the fields readers use in one split's entry (those present)."""
+    if not isinstance(entry, Mapping):
+        raise _field_error(where, field, entry, "an object")
+    num_shards = entry.get("num_shards", 1)
+    if not _is_int(num_shards) or num_shards < 1:
+        raise _field_error(where, f"{field}.num_shards", num_shards, "a positive integer")
+    if "shards" not in entry:
+        return  # written before info.json listed the shards
+    shards = entry["shards"]
+    if not isinstance(shards, list):
+        raise _field_error(where, f"{field}.shards", shards, "a list")
+    if "num_shards" in entry and len(shards) != num_shards:
+        raise DatasetError(
+            f"{where}: field {field}.shards lists {len(shards)} shards, but num_shards is "
+            f"{num_shards}; rebuild the dataset"
+        )
+    for i, shard in enumerate(shards):
+        at = f"{field}.shards[{i}]"
+        if not isinstance(shard, Mapping):
+            raise _field_error(where, at, shard, "an object")
+        if not isinstance(shard.get("file"), str) or not shard["file"]:
+            raise _field_error(where, f"{at}.file", shard.get("file"), "a file name")
+        for key in ("records", "bytes"):
+            if not _is_int(shard.get(key)) or shard[key] < 0:
+                raise _field_error(where, f"{at}.{key}", shard.get(key), "a count (integer >= 0)")
+
+
+def check_info(info: Any, where: str = INFO_FILENAME) -> Mapping[str, Any]:
+    """Checks an info.json dict's format version, layout and the types of the fields readers
+    use; returns it.
+
+    Raises:
+      DatasetError: (a ValueError) naming `where` and the field at fault.
+    """
+    if not isinstance(info, Mapping):
+        raise DatasetError(
+            f"{where}: holds {_json_text(info)}, not a JSON object; is this a dataset's info.json?"
+        )
     version = info.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise DatasetError(
             f"{where}: format_version {version!r}, but this code reads version {FORMAT_VERSION}; "
             "rebuild the dataset with this version of beam_jobs.build_dataset"
         )
     for field in ("representation", "splits"):
         if field not in info:
-            raise ValueError(f"{where}: missing field {field!r}")
+            raise DatasetError(f"{where}: missing field {field!r}")
+    _representation(info, where)
+    if not isinstance(info["splits"], Mapping):
+        raise _field_error(where, "splits", info["splits"], "an object")
+    for split, entry in info["splits"].items():
+        _check_split_entry(entry, f"splits.{split}", where)
     return info
 
 
-def representation_from_info(info: Mapping[str, Any]) -> DCTConfig:
-    """The DCTConfig the records of a dataset were made with."""
-    return DCTConfig.from_dict(dict(check_info(info)["representation"]))
+def representation_from_info(info: Mapping[str, Any], where: str = INFO_FILENAME) -> DCTConfig:
+    """The DCTConfig the records of a dataset were made with.
+
+    Raises:
+      DatasetError: (a ValueError) the info is malformed; the message names `where` (info.json
+        or its path) and the field.
+    """
+    return _representation(check_info(info, where), where)
 
 
 def read_info(data_dir: str) -> dict:
-    """Reads and checks `data_dir/info.json` (local or gs://, through tf.io.gfile)."""
+    """Reads and checks `data_dir/info.json` (local or gs://, through tf.io.gfile).
+
+    Raises:
+      FileNotFoundError: there is no info.json.
+      DatasetError: (a ValueError) it is not JSON (the message gives the line and column), or
+        a field has the wrong type or value (the message names it); both name the file.
+    """
     import tensorflow as tf
 
     path = join(data_dir, INFO_FILENAME)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {data_dir} a dataset directory?")
-    with tf.io.gfile.GFile(path, "r") as f:
-        info = json.load(f)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        raw = f.read()
+    try:
+        info = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {e.start}); rebuild the dataset"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; rebuild "
+            "the dataset"
+        ) from None
     check_info(info, path)
     return info
 
@@ -421,12 +615,20 @@ def parse_completed(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def split_files(data_dir: str, split: str) -> list[str]:
-    """The shard paths of a completed split, in shard order.
+def split_shards(data_dir: str, split: str) -> list[Shard]:
+    """The shards of a completed split, in shard order, each checked against info.json.
+
+    A shard's size must be the size info.json records for it (`splits.<split>.shards`), so a
+    shard cut short at a record boundary (whose records all pass their checksums) is refused
+    before anything reads it. The record counts are checked as the shards are read
+    (`dct_gen.data`). A dataset whose info.json lists no shards (written before it did) is
+    listed without these checks.
 
     Raises:
-      FileNotFoundError: when COMPLETED is missing or does not list the split (its conversion
-        did not finish), or when a shard that info.json promises is missing.
+      FileNotFoundError: COMPLETED is missing or does not list the split (its conversion did not
+        finish), info.json has no such split, or a shard is missing.
+      DatasetError: (a ValueError) info.json is malformed, or a shard's size differs from the
+        size info.json records; the message names the file, the field and both sizes.
     """
     import tensorflow as tf
 
@@ -438,11 +640,65 @@ def split_files(data_dir: str, split: str) -> list[str]:
     if split not in done:
         raise FileNotFoundError(f"{marker} lists splits {done}, not {split!r}")
     info = read_info(data_dir)
+    info_path = join(data_dir, INFO_FILENAME)
     if split not in info["splits"]:
-        raise FileNotFoundError(f"{join(data_dir, INFO_FILENAME)} has no split {split!r}")
-    num_shards = int(info["splits"][split]["num_shards"])
-    paths = [join(data_dir, shard_name(split, i, num_shards)) for i in range(num_shards)]
-    missing = [p for p in paths if not tf.io.gfile.exists(p)]
+        raise FileNotFoundError(f"{info_path} has no split {split!r}")
+    entry = info["splits"][split]
+    if "num_shards" not in entry:
+        raise DatasetError(f"{info_path}: field splits.{split}.num_shards is missing")
+    num_shards = entry["num_shards"]
+    names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+    listed: list[Mapping[str, Any] | None] = [None] * num_shards
+    if "shards" in entry:
+        by_file = {shard["file"]: shard for shard in entry["shards"]}
+        for i, name in enumerate(names):
+            if name not in by_file:
+                raise DatasetError(
+                    f"{info_path}: field splits.{split}.shards has no entry for {name}; "
+                    "rebuild the dataset"
+                )
+            listed[i] = by_file[name]
+    shards, missing, wrong = [], [], []
+    for i, (name, expected) in enumerate(zip(names, listed)):
+        path = join(data_dir, name)
+        if expected is None:
+            if not tf.io.gfile.exists(path):
+                missing.append(path)
+            shards.append(Shard(path, None, None))
+            continue
+        try:
+            size = int(tf.io.gfile.stat(path).length)
+        except tf.errors.NotFoundError:
+            missing.append(path)
+            continue
+        if size != expected["bytes"]:
+            wrong.append((i, path, size, expected["bytes"]))
+        shards.append(Shard(path, int(expected["records"]), int(expected["bytes"])))
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) missing, e.g. {missing[0]}")
-    return paths
+    if wrong:
+        i, path, size, expected = wrong[0]
+        how = (
+            "shorter than the {} bytes {} lists for it ({}): the shard was cut short (an "
+            "interrupted copy?)"
+            if size < expected
+            else "longer than the {} bytes {} lists for it ({}): the shard was changed after the "
+            "dataset was written"
+        ).format(expected, info_path, f"splits.{split}.shards[{i}].bytes")
+        others = f" ({len(wrong) - 1} other shard(s) differ too)" if len(wrong) > 1 else ""
+        raise DatasetError(
+            f"{path} is {size} bytes, {how}; rebuild the dataset or copy it again{others}"
+        )
+    return shards
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The shard paths of a completed split, in shard order (`split_shards`' paths).
+
+    Raises:
+      FileNotFoundError: when COMPLETED is missing or does not list the split (its conversion
+        did not finish), or when a shard that info.json promises is missing.
+      DatasetError: (a ValueError) info.json is malformed, or a shard's size differs from the
+        size info.json records for it.
+    """
+    return [shard.path for shard in split_shards(data_dir, split)]

@@ -1,6 +1,7 @@
 """The tf.data input pipeline: sampler and filter against their closed forms, no target leakage,
 static shapes, determinism, tf.distribute, eval mode, colorization targets and bad records."""
 
+import json
 import os
 import shutil
 
@@ -262,6 +263,20 @@ def test_colorization_targets_only_chroma(luma_first_dir, dataset_dir):
 # Bad data.
 
 
+def _list_appended_record(data_dir: str) -> None:
+    """After a record was appended to shard 0: where info.json lists the shards, it lists shard
+    0 as it now is (one record more, its new size), so that only the record is at fault."""
+    info_path = os.path.join(data_dir, "info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    shards = info["splits"]["train"].get("shards")
+    if shards:
+        shards[0]["bytes"] = os.path.getsize(os.path.join(data_dir, shards[0]["file"]))
+        shards[0]["records"] += 1
+        with open(info_path, "w") as f:
+            json.dump(info, f)
+
+
 def test_corrupt_shard_error_names_the_file(dataset_dir, tmp_path):
     broken = str(tmp_path / "broken")
     shutil.copytree(dataset_dir, broken)
@@ -287,6 +302,7 @@ def test_malformed_record_is_rejected(dataset_dir, tmp_path):
     )  # fmt: skip
     with open(shard, "ab") as f:
         f.write(records.tfrecord_frame(bad))
+    _list_appended_record(broken)
     ds = data.make_dataset(
         broken, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=0, mode="eval"
     )
@@ -314,9 +330,202 @@ def test_record_with_unequal_arrays_is_rejected(dataset_dir, tmp_path):
     example.features.feature["key"].bytes_list.value[0] = b"planted-short-record"
     with open(shard, "ab") as f:
         f.write(records.tfrecord_frame(example.SerializeToString()))
+    _list_appended_record(broken)
     ds = data.make_dataset(
         broken, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=0, mode="eval"
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt record|differ in length"):
         for _ in ds:
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# Shards against info.json's shard list: sizes at start, record counts as they are read.
+
+
+def _copy_with_shard_list(src: str, dst: str) -> list[str]:
+    """Copies a dataset and lists its shards in info.json as the Beam job does: records counted
+    by TensorFlow's reader, sizes from the file system. Returns the shard paths."""
+    shutil.copytree(src, dst)
+    info_path = os.path.join(dst, "info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    entry = info["splits"]["train"]
+    names = [
+        records.shard_name("train", i, entry["num_shards"]) for i in range(entry["num_shards"])
+    ]
+    paths = [os.path.join(dst, name) for name in names]
+    listed = [
+        {
+            "file": name,
+            "records": sum(1 for _ in tf.data.TFRecordDataset(path)),
+            "bytes": os.path.getsize(path),
+        }
+        for name, path in zip(names, paths)
+    ]
+    # Where the Beam job listed them, it agrees with this independent count.
+    assert entry.get("shards", listed) == listed
+    entry["shards"] = listed
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    return paths
+
+
+def _rewrite(shard: str, raw_records: list[bytes]) -> None:
+    with tf.io.TFRecordWriter(shard) as writer:
+        for raw in raw_records:
+            writer.write(raw)
+
+
+def _set_listed_size(data_dir: str, index: int) -> None:
+    """Makes info.json list shard `index`'s present size (so only the record count differs)."""
+    info_path = os.path.join(data_dir, "info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    shard = info["splits"]["train"]["shards"][index]
+    shard["bytes"] = os.path.getsize(os.path.join(data_dir, shard["file"]))
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+
+
+def _eval_dataset(data_dir: str):
+    return data.make_dataset(
+        data_dir, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=0, mode="eval"
+    )
+
+
+def _read_all(ds, data_dir: str) -> list:
+    return list(data.iterate(ds.as_numpy_iterator(), records.split_files(data_dir, "train")))
+
+
+def test_shard_cut_at_a_record_boundary_is_refused(dataset_dir, tmp_path):
+    broken = str(tmp_path / "cut")
+    shard = _copy_with_shard_list(dataset_dir, broken)[1]
+    kept = [r.numpy() for r in tf.data.TFRecordDataset(shard)][:-1]
+    _rewrite(shard, kept)
+    # A clean cut: every remaining record passes its checksums, so TF's reader cannot tell.
+    assert sum(1 for _ in tf.data.TFRecordDataset(shard)) == len(kept)
+    assert data.find_corrupt_shards([shard]) == [
+        (shard, f"{len(kept)} records, but info.json lists {len(kept) + 1}")
+    ]
+    # At start: the size.
+    with pytest.raises(records.DatasetError) as err:
+        _eval_dataset(broken)
+    assert str(err.value).startswith(f"{shard} is {os.path.getsize(shard)} bytes, shorter than")
+    # As it is read: the count (info.json's size made to agree, as after a changed shard list).
+    _set_listed_size(broken, 1)
+    with pytest.raises(data.ShardReadError) as err:
+        _read_all(_eval_dataset(broken), broken)
+    assert str(err.value) == (
+        f"TFRecord shard {shard} ends after {len(kept)} records, but {broken}/info.json lists "
+        f"{len(kept) + 1} for it: it was cut short; rebuild the dataset or copy it again"
+    )
+
+
+def test_longer_shard_is_refused(dataset_dir, tmp_path):
+    broken = str(tmp_path / "longer")
+    shard = _copy_with_shard_list(dataset_dir, broken)[0]
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    _rewrite(shard, raw + raw[:1])
+    with pytest.raises(records.DatasetError, match=f"{shard} is [0-9]+ bytes, longer than"):
+        _eval_dataset(broken)
+    _set_listed_size(broken, 0)
+    with pytest.raises(data.ShardReadError) as err:
+        _read_all(_eval_dataset(broken), broken)
+    assert str(err.value).startswith(
+        f"TFRecord shard {shard} holds more than the {len(raw)} records {broken}/info.json lists"
+    )
+
+
+def _without_shard_list(src: str, dst: str) -> None:
+    """Copies a dataset as it was written before info.json listed its shards."""
+    shutil.copytree(src, dst)
+    with open(os.path.join(dst, "info.json")) as f:
+        info = json.load(f)
+    info["splits"]["train"].pop("shards", None)
+    with open(os.path.join(dst, "info.json"), "w") as f:
+        json.dump(info, f)
+
+
+def test_count_checks_change_nothing_in_the_stream(dataset_dir, tmp_path):
+    """The same examples, in the same order, with and without the shard list."""
+    listed, unlisted = str(tmp_path / "listed"), str(tmp_path / "unlisted")
+    _copy_with_shard_list(dataset_dir, listed)
+    _without_shard_list(listed, unlisted)
+    assert [s.num_records for s in records.split_shards(listed, "train")] != [None, None]
+    assert [s.num_records for s in records.split_shards(unlisted, "train")] == [None, None]
+    want = _read_all(_eval_dataset(unlisted), unlisted)
+    got = _read_all(_eval_dataset(listed), listed)
+    assert len(want) == len(got) > 0
+    for x, y in zip(want, got):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.mark.slow
+def test_checked_pipeline_resumes_from_a_checkpoint(dataset_dir, tmp_path):
+    """Training checkpoints the tf.data iterators: the record counts resume with them."""
+    listed = str(tmp_path / "listed")
+    _copy_with_shard_list(dataset_dir, listed)
+    make = lambda: data.make_dataset(
+        listed, "train", batch_size=4, chunk_size=CHUNK, overlap=OVERLAP, seed=5, shuffle_buffer=4
+    )
+    it = iter(make())
+    for _ in range(5):
+        next(it)
+    saved = tf.train.Checkpoint(data=it).write(str(tmp_path / "ckpt" / "it"))
+    expected = [next(it) for _ in range(6)]  # past the end of a shard, so its count is checked
+    resumed = iter(make())
+    tf.train.Checkpoint(data=resumed).read(saved).assert_consumed()
+    for x, y in zip(expected, [next(resumed) for _ in range(6)]):
+        for k in x:
+            np.testing.assert_array_equal(x[k].numpy(), y[k].numpy())
+
+
+def test_a_dataset_without_a_shard_list_is_read_unchecked(dataset_dir, tmp_path):
+    """Datasets written before info.json listed shards keep working, cut shards included."""
+    old = str(tmp_path / "old")
+    _without_shard_list(dataset_dir, old)
+    shard = records.split_files(old, "train")[1]
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    _rewrite(shard, raw[:-1])
+    lengths = {int(e["length"]) for e in _read_all(_eval_dataset(old).unbatch(), old)}
+    assert len(lengths) == 15  # the fixture's 16 distinct lengths, one record cut
+
+
+def test_bad_record_is_one_error_naming_the_field_and_key(dataset_dir, tmp_path):
+    """A crafted position 2^32 + 5 (which an int32 cast reads as 5) stops the pipeline; iterate
+    turns it into a ShardReadError, which the command lines print as one line."""
+    broken = str(tmp_path / "crafted")
+    shutil.copytree(dataset_dir, broken)
+    shard = records.split_files(broken, "train")[0]
+    crafted = records.serialize_example(
+        channels=np.array([0, 0]), positions=np.array([1, 2**32 + 5]), values=np.array([5, 5]),
+        height=64, width=64, key="crafted-record",
+    )  # fmt: skip
+    with open(shard, "ab") as f:
+        f.write(records.tfrecord_frame(crafted))
+    _list_appended_record(broken)
+    with pytest.raises(data.ShardReadError) as err:
+        _read_all(_eval_dataset(broken), broken)
+    message = str(err.value)
+    assert "field position_deltas holds a number outside the int32 range" in message
+    assert "crafted-record" in message and "\n" not in message
+
+
+def test_a_bug_keeps_its_traceback():
+    """An InvalidArgumentError that is no check of the data is not turned into a user error."""
+    bug = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [4] vs. [5]")
+    assert data.input_error(bug, ["/data/train.tfrecord-00000-of-00001"]) is None
+    ds = tf.data.Dataset.range(1).map(lambda i: tf.reshape(tf.range(i + 2), [3]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(data.iterate(ds, ["/data/train.tfrecord-00000-of-00001"]))
+
+
+def test_suggested_l_max_of_the_wrong_type_names_the_field():
+    info = {"splits": {"train": {"lengths": {"suggested_l_max": "600"}}}}
+    with pytest.raises(records.DatasetError, match="D/info.json: field splits.train.lengths"):
+        data.default_l_max(info, "train", "D/info.json")
+    assert (
+        data.default_l_max({"splits": {"train": {"lengths": {"suggested_l_max": 9}}}}, "train") == 9
+    )

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from dct_gen import records
+from dct_gen.errors import InputError
 from dct_gen.representation import DCTConfig, encode
 
 CONFIGS = [
@@ -225,3 +226,231 @@ def test_read_info_refuses_other_versions(tmp_path):
         records.read_info(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="dataset directory"):
         records.read_info(str(tmp_path / "nowhere"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Crafted numbers: int64 on disk, int32 when read; what does not fit is refused, not wrapped.
+
+
+def _crafted(**fields):
+    args = dict(channels=[0, 3], positions=[5, 7], values=[1, -2], height=8, width=8, key="k")
+    return records.serialize_example(**{**args, **fields})
+
+
+def _stored(serialized) -> dict:
+    """The record's int64 arrays, read with TensorFlow's proto classes."""
+    ex = tf.train.Example.FromString(serialized)
+    names = ("channel_runs", "channel_run_lengths", "position_deltas", "values")
+    return {name: np.array(ex.features.feature[name].int64_list.value) for name in names}
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        (dict(positions=[5, 2**32 + 5]), "position_deltas"),
+        (dict(label=2**32 + 1), "label"),
+        (dict(channels=[0, 2**32]), "channel_runs"),
+        (dict(values=[1, 2**31]), "values"),
+        (dict(width=2**32 + 8), "width"),
+    ],
+)
+def test_numbers_outside_int32_are_refused_naming_the_field(fields, field):
+    crafted = _crafted(key="crafted.png", **fields)
+    message = (
+        f"corrupt record: field {field} holds a number outside the int32 range; "
+        "record key: crafted.png"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        records.parse_example(crafted)
+    assert str(err.value) == message
+    if field in ("position_deltas", "channel_runs", "values"):
+        with pytest.raises(ValueError, match=f"field {field} decodes to"):
+            records.unpack_triples(_stored(crafted))
+
+
+def test_numbers_outside_int32_are_refused_inside_tf_data():
+    """Position 2^32 + 5 would read as 5 and label 2^32 + 1 as 1 if cast."""
+    crafted = [
+        _crafted(positions=[5, 2**32 + 5], key="far-position"),
+        _crafted(label=2**32 + 1, key="far-label"),
+        _crafted(key="fine"),
+    ]
+    it = iter(tf.data.Dataset.from_tensor_slices(crafted).map(records.parse_example))
+    for field, key in (("position_deltas", "far-position"), ("label", "far-label")):
+        with pytest.raises(tf.errors.InvalidArgumentError) as err:
+            next(it)
+        assert f"field {field} holds a number outside the int32 range" in err.value.message
+        assert key in err.value.message
+    assert next(it)["key"].numpy() == b"fine"  # the records after it are still read
+
+
+def test_int32_limits_themselves_are_read():
+    crafted = _crafted(positions=[5, 2**31 - 1], label=2**31 - 1, height=2**31 - 1)
+    parsed = records.parse_example(crafted)
+    assert parsed["positions"].numpy().tolist() == [5, 2**31 - 1]
+    assert int(parsed["label"]) == int(parsed["height"]) == 2**31 - 1
+    _, positions, _ = records.unpack_triples(_stored(crafted))
+    assert positions.tolist() == [5, 2**31 - 1]
+
+
+def test_run_lengths_that_wrap_around_int64_are_refused():
+    """Two runs of 2^63 - 1 and one of 3 sum, in int64, to 1: the number of positions."""
+    good = _crafted(channels=[0], positions=[5], values=[1])
+    ex = tf.train.Example.FromString(good)
+    feature = ex.features.feature
+    feature["channel_runs"].int64_list.value[:] = [0, 1, 2]
+    feature["channel_run_lengths"].int64_list.value[:] = [2**63 - 1, 2**63 - 1, 3]
+    crafted = ex.SerializeToString()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a run longer than the record"):
+        records.parse_example(crafted)
+    with pytest.raises(ValueError, match="corrupt record"):
+        records.unpack_triples(_stored(crafted))
+
+
+# ----------------------------------------------------------------------------------------------
+# info.json: errors name the file and the field.
+
+
+def _info_path(root) -> str:
+    return str(root / "info.json")
+
+
+def _edit_info(root, edit) -> None:
+    info = json.loads((root / "info.json").read_text())
+    edit(info)
+    (root / "info.json").write_text(json.dumps(info))
+
+
+def test_info_json_that_is_not_json_names_the_file_line_and_column(tmp_path):
+    _write_dataset(tmp_path, ["train"])
+    (tmp_path / "info.json").write_text('{\n  "format_version": 1,\n  "splits": {,\n}')
+    with pytest.raises(records.DatasetError) as err:
+        records.read_info(str(tmp_path))
+    assert str(err.value).startswith(f"{_info_path(tmp_path)}: not valid JSON")
+    assert "line 3, column 14" in str(err.value)
+    assert isinstance(err.value, InputError) and isinstance(err.value, ValueError)
+    with pytest.raises(records.DatasetError, match="not valid JSON"):
+        records.split_files(str(tmp_path), "train")
+    (tmp_path / "info.json").write_bytes(b'{"format_version": "\xff"}')
+    with pytest.raises(records.DatasetError, match="not UTF-8"):
+        records.read_info(str(tmp_path))
+    (tmp_path / "info.json").write_text("[1, 2]")
+    with pytest.raises(records.DatasetError, match="not a JSON object"):
+        records.read_info(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda info: info["representation"].update(clip="abc"),
+            'field representation.clip is "abc", not an integer',
+        ),
+        (
+            lambda info: info["representation"].update(block_size=True),
+            "field representation.block_size is true, not an integer",
+        ),
+        (
+            lambda info: info["representation"].update(ordering=3),
+            "field representation.ordering is 3, not a string",
+        ),
+        (
+            lambda info: info["representation"].update(clip=0),
+            "field representation.clip=0: must be >= 1",
+        ),
+        (
+            lambda info: info["representation"].update(colour=1),
+            "field representation.colour is unknown",
+        ),
+        (lambda info: info.update(representation=[8]), "field representation is \\[8\\]"),
+        (lambda info: info.update(splits=None), "field splits is null, not an object"),
+        (
+            lambda info: info["splits"]["train"].update(num_shards="2"),
+            'field splits.train.num_shards is "2", not a positive integer',
+        ),
+        (
+            lambda info: info["splits"]["train"].update(shards={"file": "x"}),
+            "field splits.train.shards is .*, not a list",
+        ),
+        (
+            lambda info: info["splits"]["train"].update(
+                shards=[{"file": "a", "records": 1, "bytes": 0}]
+            ),
+            "field splits.train.shards lists 1 shards, but num_shards is 2",
+        ),
+        (
+            lambda info: info["splits"]["train"].update(
+                shards=[
+                    {"file": "a", "records": 1, "bytes": 0},
+                    {"file": "b", "records": "7", "bytes": 0},
+                ]
+            ),
+            'field splits.train.shards\\[1\\].records is "7", not a count',
+        ),
+    ],
+)
+def test_info_json_field_errors_name_the_file_and_the_field(tmp_path, edit, message):
+    _write_dataset(tmp_path, ["train"])
+    _edit_info(tmp_path, edit)
+    with pytest.raises(records.DatasetError, match=message) as err:
+        records.read_info(str(tmp_path))
+    assert str(err.value).startswith(_info_path(tmp_path) + ": ")
+    with pytest.raises(records.DatasetError, match=message):
+        records.split_files(str(tmp_path), "train")
+    # A dict read some other way: the message names info.json (or `where`) and the field.
+    info = json.loads((tmp_path / "info.json").read_text())
+    with pytest.raises(records.DatasetError, match=f"^DATA/info.json: {message}"):
+        records.representation_from_info(info, where="DATA/info.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shard sizes against info.json's shard list.
+
+
+def _list_shards(root, num_shards=2) -> list[str]:
+    """Gives the shards of _write_dataset some bytes and lists them in info.json."""
+    names = [records.shard_name("train", i, num_shards) for i in range(num_shards)]
+    for i, name in enumerate(names):
+        (root / name).write_bytes(b"x" * (10 + i))
+
+    def edit(info):
+        info["splits"]["train"]["shards"] = [
+            {"file": name, "records": 1, "bytes": 10 + i} for i, name in enumerate(names)
+        ]
+
+    _edit_info(root, edit)
+    return names
+
+
+def test_shard_sizes_are_checked_against_info_json(tmp_path):
+    _write_dataset(tmp_path, ["train"])
+    names = _list_shards(tmp_path)
+    shards = records.split_shards(str(tmp_path), "train")
+    assert [(os.path.basename(s.path), s.num_records, s.num_bytes) for s in shards] == [
+        (names[0], 1, 10),
+        (names[1], 1, 11),
+    ]
+    for size, how in ((9, "shorter"), (12, "longer")):
+        (tmp_path / names[1]).write_bytes(b"x" * size)
+        with pytest.raises(records.DatasetError) as err:
+            records.split_files(str(tmp_path), "train")
+        message = str(err.value)
+        assert message.startswith(f"{tmp_path / names[1]} is {size} bytes, {how} than the 11")
+        assert "splits.train.shards[1].bytes" in message and _info_path(tmp_path) in message
+    os.remove(tmp_path / names[1])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        records.split_files(str(tmp_path), "train")
+
+
+def test_a_shard_info_json_does_not_list_is_refused(tmp_path):
+    _write_dataset(tmp_path, ["train"])
+    _list_shards(tmp_path)
+    _edit_info(tmp_path, lambda info: info["splits"]["train"]["shards"][1].update(file="other"))
+    with pytest.raises(records.DatasetError, match="has no entry for train.tfrecord-00001"):
+        records.split_files(str(tmp_path), "train")
+
+
+def test_datasets_without_a_shard_list_are_listed_unchecked(tmp_path):
+    _write_dataset(tmp_path, ["train"])  # empty shards, no "shards" in info.json
+    shards = records.split_shards(str(tmp_path), "train")
+    assert [(s.num_records, s.num_bytes) for s in shards] == [(None, None), (None, None)]
