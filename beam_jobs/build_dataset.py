@@ -16,15 +16,20 @@ takes its flag when one is given, and a flag given explicitly that contradicts a
 error.
 
 Any other --flag passes through to Beam as a pipeline option; an argument that is neither is an
-error. Without --runner (or with --runner DirectRunner) the job runs locally on every core.
-The output directory's layout is described in docs/datasets.md.
+error. Without --runner (or with --runner DirectRunner) the job runs locally on every core,
+printing a progress line every --progress_every seconds and a summary at the end; Beam's and
+TensorFlow's own messages show with --verbosity 1. The output directory's layout is described
+in docs/datasets.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from absl import flags
@@ -104,6 +109,22 @@ flags.DEFINE_float(
 )
 flags.DEFINE_integer(
     "max_pixels", DEFAULT_MAX_PIXELS, "Inputs with more pixels fail (header check).", **_d
+)
+# What it prints.
+flags.DEFINE_integer(
+    "verbosity",
+    0,
+    "0: the job's progress and summary only (and errors); 1: also Beam's and TensorFlow's "
+    "INFO lines and warnings, from the driver and the workers; 2: debug lines too.",
+    lower_bound=0,
+    **_d,
+)
+flags.DEFINE_float(
+    "progress_every",
+    10.0,
+    "Seconds between progress lines of a local run (on stderr); 0: none.",
+    lower_bound=0.0,
+    **_d,
 )
 del _d
 
@@ -207,13 +228,17 @@ def representation(fv: flags.FlagValues = FLAGS) -> DCTConfig:
 def _pipeline():
     """beam_jobs.pipeline, imported with the root logger quiet: importing Beam logs a warning
     about Google Cloud client libraries that this job needs only for gs:// paths (and then
-    says so itself, naming the flag)."""
+    says so itself, naming the flag). A handler that drops it keeps that warning from setting
+    up logging to stderr (logging.warning does, on a root logger without handlers)."""
     root = logging.getLogger()
     level = root.level
+    drop = logging.NullHandler()
     root.setLevel(logging.ERROR)
+    root.addHandler(drop)
     try:
         from beam_jobs import pipeline
     finally:
+        root.removeHandler(drop)
         root.setLevel(level)
     return pipeline
 
@@ -266,19 +291,90 @@ def parse_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
     return kwargs, kwargs["pipeline_args"]
 
 
-def _main(beam_args: list[str]) -> int:
-    kwargs = job_arguments(beam_args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    entry = _pipeline().run_pipeline(**kwargs)
-    counts, lengths = entry["counts"], entry["lengths"]
-    print(
-        f"{PROG}: wrote {counts['written']} records to {kwargs['output_dir']} "
-        f"({entry['num_shards']} shards), failed {counts['failed_total']} {counts['failed']}; "
-        f"{counts['bytes_per_triple']} bytes/triple; lengths p50 {lengths.get('p50')} "
-        f"p99 {lengths.get('p99')} max {lengths.get('max')}",
-        flush=True,
+def log_level(verbosity: int) -> int:
+    """The level of library messages (Beam, TensorFlow) shown at this --verbosity."""
+    return logging.ERROR if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+
+
+@contextlib.contextmanager
+def _library_output(level: int) -> Iterator[None]:
+    """For the job's duration (restored after: tests call main in one process), the libraries'
+    messages at `level`: Python logging to stderr through one handler of ours, Python warnings
+    only when warnings show, and TensorFlow's C++ messages (TFDS imports it) to match, in this
+    process and the workers it starts.
+
+    The root logger's handlers are set aside meanwhile: absl logs through the root logger when
+    the flags are parsed, which gives it Python's default stderr handler, and every line would
+    then print twice.
+    """
+    import warnings
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # The local runner repeats each line its worker processes log, which they print themselves.
+    handler.addFilter(
+        lambda record: (
+            not (record.name.endswith("local_job_service") and record.msg == "Worker: %s")
+        )
     )
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    saved_tf = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    for h in saved_handlers:
+        root.removeHandler(h)
+    root.setLevel(level)
+    root.addHandler(handler)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if level > logging.WARNING else "0"
+    try:
+        with warnings.catch_warnings():
+            if level > logging.WARNING:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(handler)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+        if saved_tf is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = saved_tf
+
+
+class _ProgressPrinter:
+    """Progress lines on stderr: rewritten in place on a terminal, one per line otherwise."""
+
+    def __init__(self):
+        self._tty = sys.stderr.isatty()
+        self._open = False  # a line rewritten in place still waits for its newline
+
+    def __call__(self, line: str) -> None:
+        text = f"{PROG}: {line}"
+        sys.stderr.write(f"\r{text.ljust(110)}" if self._tty else text + "\n")
+        sys.stderr.flush()
+        self._open = self._tty
+
+    def close(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _main(beam_args: list[str]) -> int:
+    level = log_level(FLAGS.verbosity)
+    report = _ProgressPrinter() if FLAGS.progress_every > 0 else None
+    start = time.monotonic()
+    with _library_output(level):
+        kwargs = job_arguments(beam_args)
+        try:
+            entry = _pipeline().run_pipeline(
+                **kwargs, log_level=level, progress=report, progress_every=FLAGS.progress_every
+            )
+        finally:
+            if report is not None:
+                report.close()
+    summary = _pipeline().summary_line(entry, kwargs["output_dir"], time.monotonic() - start)
+    print(f"{PROG}: {summary}", flush=True)
     return 0
 
 

@@ -260,11 +260,21 @@ def split_entry(
     failed_by_reason: Mapping[str, int],
     label_names: list[str] | None,
     max_failed_fraction: float,
+    shards: list[Mapping[str, Any]] | None = None,
+    skipped: Mapping[str, Any] | None = None,
 ) -> dict:
-    """One split's entry in info.json's `splits` map."""
+    """One split's entry in info.json's `splits` map.
+
+    Args:
+      shards: per shard, in shard order, {"file" (its name in the output folder), "records",
+        "bytes"}: what readers check each shard against. None: not listed.
+      skipped: the listing's paths passed over, as transforms.SkippedSummary gives them
+        ({"counts": {reason: n}, "examples": [...]}); None or empty: nothing was.
+    """
     failed_total = int(sum(failed_by_reason.values()))
     triples = int(stats["triples"])
-    return {
+    skipped = skipped or {}
+    entry = {
         "source": dict(source),
         "num_shards": int(num_shards),
         "shard_pattern": f"{split}.tfrecord-*-of-{int(num_shards):05d}",
@@ -282,10 +292,19 @@ def split_entry(
             "triples": triples,
             "record_bytes": int(stats["record_bytes"]),
             "bytes_per_triple": round(stats["record_bytes"] / triples, 4) if triples else None,
+            "skipped": {k: int(v) for k, v in sorted(skipped.get("counts", {}).items())},
         },
         "max_failed_fraction": float(max_failed_fraction),
         "lengths": length_summary(stats["lengths"]),
     }
+    if skipped.get("examples"):
+        entry["skipped_examples"] = [dict(e) for e in skipped["examples"]]
+    if shards is not None:
+        entry["shards"] = [
+            {"file": str(s["file"]), "records": int(s["records"]), "bytes": int(s["bytes"])}
+            for s in shards
+        ]
+    return entry
 
 
 def failed_fraction_message(entry: Mapping[str, Any], output_dir: str, split: str) -> str | None:
@@ -293,7 +312,9 @@ def failed_fraction_message(entry: Mapping[str, Any], output_dir: str, split: st
     counts = entry["counts"]
     read, failed = counts["read"], counts["failed_total"]
     if read == 0:
-        return f"the source {entry['source']} yielded no inputs; nothing was written"
+        skipped = counts.get("skipped") or {}
+        passed = f" (it passed over {skipped_text(skipped)})" if skipped else ""
+        return f"the source {entry['source']} yielded no inputs{passed}; nothing was written"
     limit = entry["max_failed_fraction"]
     if failed <= limit * read:
         return None
@@ -302,6 +323,14 @@ def failed_fraction_message(entry: Mapping[str, Any], output_dir: str, split: st
         f"--max_failed_fraction={limit:g}; by reason: {counts['failed']}. The failures are "
         f"listed in {records.join(output_dir, records.failed_name(split))}; info.json was "
         "written, COMPLETED was not"
+    )
+
+
+def skipped_text(skipped: Mapping[str, int]) -> str:
+    """{"hidden": 2, "special_file": 1} -> '2 hidden files, 1 special file'."""
+    return ", ".join(
+        f"{n} {reason.replace('_file', '').replace('_', ' ')} file{'s' if n != 1 else ''}"
+        for reason, n in sorted(skipped.items())
     )
 
 

@@ -4,7 +4,13 @@ Elements flow as SourceItem (key, bytes or array, label) -> EncodedRecord (key, 
 record, sizes) or Failure (key, reason, message). Failures go to the dead-letter file and are
 counted, both as data (for info.json, exact) and as Beam metrics in namespace `dct_gen`
 (`read`, `written`, `failed`, `failed_<reason>`, `clipped_coefficients`, distribution
-`sequence_length`).
+`sequence_length`). A folder listing names everything it passes over: hidden files and special
+files (FIFOs, sockets, devices) are Skipped (key, reason, message), never opened, and counted
+apart from the inputs; a broken symbolic link is an input that fails (`broken_link`).
+
+On a local run the DoFns can also report their counts to the driver as they go (`Progress`):
+each instance rewrites a small JSON file in a folder the driver polls, since the local runner
+gives the driver no metrics before the pipeline ends.
 
 Shards are assigned by a hash of the key and each shard is written sorted by key, through a
 temporary name: a retried bundle rewrites the same bytes, and the output is the same whatever
@@ -16,18 +22,24 @@ TensorFlow) when it is built and in the workers that read it.
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import hashlib
 import json
+import os
 import posixpath
+import re
+import stat
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 from PIL import Image
 
@@ -38,6 +50,18 @@ from dct_gen.representation import DCTConfig, check_triples, encode
 
 NAMESPACE = "dct_gen"
 FAILED_TAG = "failed"
+SKIPPED_TAG = "skipped"
+
+# Failure reasons of the folder listing, beside those of decoding (images.REASONS).
+SOURCE_REASONS = {
+    "broken_link": "a symbolic link whose target does not exist (or a loop of links)",
+}
+# Why a listing passes over a path that the glob matches: not an input, not a failure.
+SKIP_REASONS = {
+    "hidden": "a file whose name begins with a dot, or one inside such a folder, matched by a "
+    "wildcard (as shell globs, the job skips them unless the pattern spells the dot)",
+    "special_file": "a FIFO, socket or device: not a regular file, never opened",
+}
 
 
 class SourceItem(NamedTuple):
@@ -49,7 +73,8 @@ class SourceItem(NamedTuple):
 
 
 class Failure(NamedTuple):
-    """An input that produced no record, and why (reason: a key of images.REASONS)."""
+    """An input that produced no record, and why (reason: a key of images.REASONS or of
+    SOURCE_REASONS)."""
 
     key: str
     reason: str
@@ -59,6 +84,24 @@ class Failure(NamedTuple):
         return json.dumps(
             {"key": self.key, "reason": self.reason, "message": self.message}, sort_keys=True
         )
+
+
+class Skipped(NamedTuple):
+    """A path the glob matches that is not an input (reason: a key of SKIP_REASONS)."""
+
+    key: str
+    reason: str
+    message: str
+
+
+class WrittenShard(NamedTuple):
+    """One file WriteShards wrote: its index, name (relative to the output folder), number of
+    records and size in bytes."""
+
+    index: int
+    file: str
+    records: int
+    bytes: int
 
 
 class EncodedRecord(NamedTuple):
@@ -84,8 +127,112 @@ def shard_of(key: str, num_shards: int) -> int:
 # Sources.
 
 
+def is_local(path: str) -> bool:
+    """Whether Beam's FileSystems reads this path from the local disk (no scheme://)."""
+    return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
+
+
+REGULAR, MISSING, BROKEN_LINK = "regular", "missing", "broken_link"
+DIRECTORY = "a directory"
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+SPECIAL_KINDS = frozenset(name for _, name in _SPECIAL_KINDS) | {"a special file"}
+
+
+def local_kind(path: str) -> str:
+    """What a local path is, found with stat() alone (nothing is opened): REGULAR (a file or a
+    link to one), MISSING (gone), BROKEN_LINK (a link to nothing, or a loop of links),
+    DIRECTORY, or one of SPECIAL_KINDS ('a FIFO', 'a socket', ...)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return BROKEN_LINK if os.path.islink(path) else MISSING
+    except OSError:
+        # A loop of links (ELOOP) is a broken link; anything else (a folder we may not search)
+        # is left to the reader, whose error names it.
+        return BROKEN_LINK if os.path.islink(path) else REGULAR
+    if stat.S_ISREG(mode):
+        return REGULAR
+    if stat.S_ISDIR(mode):
+        return DIRECTORY
+    for test, name in _SPECIAL_KINDS:
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _hidden_test(pattern: str):
+    """name -> whether a path component is hidden for this pattern: it begins with a dot and no
+    component of the pattern that begins with a dot (`.cache`, `.*`) matches it."""
+    spelt = [c for c in re.split(r"[/\\]", pattern) if c.startswith(".") and c not in (".", "..")]
+    return lambda name: (
+        name.startswith(".") and not any(fnmatch.fnmatchcase(name, c) for c in spelt)
+    )
+
+
+def _hidden(key: str) -> Skipped:
+    return Skipped(key, "hidden", "a hidden file (its name, or a folder's, begins with a dot)")
+
+
+def list_inputs(pattern: str) -> Iterator[str | Skipped]:
+    """Everything a glob matches, in sorted order: each input as its path, each path passed
+    over as a Skipped.
+
+    The syntax is Beam's (FileSystems.match): `*` stays within a folder, `**` crosses folders.
+    Inputs are regular files, links to them, and broken links (Beam's own listing drops those
+    silently; here they are inputs, which fail when read). Passed over: hidden files, whose
+    name or a folder's begins with a dot, unless a component of the pattern that begins with a
+    dot matches it (as shell globs do; hidden folders are not entered), and, on local disks,
+    FIFOs, sockets and devices, which are never opened (opening a FIFO waits for a writer).
+    """
+    if pattern.endswith("/"):
+        pattern += "*"
+    hidden = _hidden_test(pattern)
+    prefix = re.match(r"[^[*?]*", pattern).group(0)
+    if not is_local(pattern):
+        # Object stores hold no links or special files; the folder part of the prefix is
+        # literal, the rest was matched by wildcards.
+        root = prefix.rsplit("/", 1)[0]
+        for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+            below = path[len(root) :].split("/")
+            yield _hidden(path) if any(hidden(c) for c in below if c) else path
+        return
+    if prefix == pattern:  # no wildcard: the one path it names, dot or not
+        paths: Iterable[str | Skipped] = [pattern]
+    else:
+        paths = _walk(pattern, os.path.dirname(prefix), hidden)
+    for path in paths:
+        if isinstance(path, Skipped):
+            yield path
+            continue
+        kind = local_kind(path)
+        if kind in SPECIAL_KINDS:
+            yield Skipped(path, "special_file", f"{kind}, not a regular file; not opened")
+        elif kind != MISSING:  # gone since it was listed: as Beam's listing, not an input
+            yield path
+
+
+def _walk(pattern: str, root: str, hidden) -> Iterator[str | Skipped]:
+    # The folder walked is the one Beam's local listing walks (the folder of the pattern's
+    # literal prefix), so that the same paths, spelt the same way, match.
+    matches = re.compile(FileSystem.translate_pattern(pattern)).match
+    for folder, subfolders, names in os.walk(root or os.curdir):
+        subfolders[:] = sorted(d for d in subfolders if not hidden(d))
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if not root:
+                path = os.path.normpath(path)  # a pattern without a folder: './a.jpg' -> 'a.jpg'
+            if matches(path):
+                yield _hidden(path) if hidden(name) else path
+
+
 class ListFiles(beam.PTransform):
-    """A glob -> the paths of the matching files (Beam's FileSystems: local or gs://)."""
+    """A glob -> its inputs' paths (main output `paths`) and the paths passed over (output
+    SKIPPED_TAG, Skipped), as `list_inputs` lists them."""
 
     def __init__(self, pattern: str):
         super().__init__()
@@ -94,9 +241,19 @@ class ListFiles(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "Match" >> fileio.MatchFiles(self._pattern)
-            | "Path" >> beam.Map(lambda metadata: metadata.path)
+            | "Pattern" >> beam.Create([self._pattern])
+            | "List" >> beam.ParDo(_ListFn()).with_outputs(SKIPPED_TAG, main="paths")
         )
+
+
+class _ListFn(beam.DoFn):
+    def process(self, pattern: str):
+        for item in list_inputs(pattern):
+            if isinstance(item, Skipped):
+                Metrics.counter(NAMESPACE, f"skipped_{item.reason}").inc()
+                yield beam.pvalue.TaggedOutput(SKIPPED_TAG, item)
+            else:
+                yield item
 
 
 def parent_name(path: str) -> str:
@@ -118,33 +275,129 @@ class LabelNames(beam.PTransform):
 
 
 class ReadFiles(beam.DoFn):
-    """Path -> SourceItem with the file's bytes, or a Failure (read_error, unknown_label).
+    """Path -> SourceItem with the file's bytes, or a Failure (read_error, unknown_label,
+    broken_link).
 
     With a label-names side input (a list), the label is the index of the file's parent folder
-    in it; with None there is no label (-1).
+    in it; with None there is no label (-1). A local path is checked with stat() before it is
+    opened: a broken link fails as `broken_link`, anything but a regular file as `read_error`,
+    unopened.
     """
+
+    def __init__(self, progress_dir: str | None = None):
+        super().__init__()
+        self._progress_dir = progress_dir
+
+    def setup(self):
+        self._progress = Progress(self._progress_dir)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
     def process(self, path: str, label_names: Sequence[str] | None):
         Metrics.counter(NAMESPACE, "read").inc()
-        label = -1
-        if label_names is not None:
-            folder = parent_name(path)
-            try:
-                label = label_names.index(folder)
-            except ValueError:
-                yield _fail(
-                    path,
-                    "unknown_label",
-                    f"folder {folder!r} is not among the {len(label_names)} label names",
-                )
-                return
+        result = _read_file(path, label_names)
+        if isinstance(result, Failure):
+            self._progress.add("failed")
+            yield _fail(*result)
+        else:
+            yield result
+
+
+def _read_file(path: str, label_names: Sequence[str] | None) -> SourceItem | Failure:
+    label = -1
+    if label_names is not None:
+        folder = parent_name(path)
         try:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read()
-        except Exception as e:  # noqa: BLE001 - every unreadable file is counted, not fatal
-            yield _fail(path, "read_error", f"{type(e).__name__}: {e}")
+            label = label_names.index(folder)
+        except ValueError:
+            return Failure(
+                path,
+                "unknown_label",
+                f"folder {folder!r} is not among the {len(label_names)} label names",
+            )
+    if is_local(path):
+        kind = local_kind(path)
+        if kind == BROKEN_LINK:
+            try:
+                target = repr(os.readlink(path))
+            except OSError:
+                target = "a path"
+            return Failure(
+                path, "broken_link", f"a symbolic link to {target}, which does not resolve"
+            )
+        if kind in SPECIAL_KINDS or kind == DIRECTORY:
+            return Failure(path, "read_error", f"{kind}, not a regular file; not opened")
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+    except Exception as e:  # noqa: BLE001 - every unreadable file is counted, not fatal
+        return Failure(path, "read_error", f"{type(e).__name__}: {e}")
+    return SourceItem(path, data, label)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress of a local run.
+
+
+class Progress:
+    """The running counts of one DoFn instance, for the driver's progress line.
+
+    Each instance owns one file, `<folder>/<pid>-<random>.json`, holding its counts: written
+    at the first count, then rewritten (through a temporary name and a rename) at most every
+    `every` seconds and at the end of each bundle; `read_progress` sums the files. A retried
+    bundle is counted again: the progress line is an estimate, info.json's counts are exact.
+    With folder None (a remote run, or no progress asked for), nothing is written.
+    """
+
+    def __init__(self, folder: str | None, every: float = 1.0):
+        self._folder = folder
+        self._every = every
+        self._counts: Counter = Counter()
+        self._written_at = -float("inf")  # the first count is written at once
+        self._dirty = False
+        self._path = folder and os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}.json")
+
+    def add(self, name: str, n: int = 1) -> None:
+        if self._folder is None:
             return
-        yield SourceItem(path, data, label)
+        self._counts[name] += n
+        self._dirty = True
+        if time.monotonic() - self._written_at >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._folder is None or not self._dirty:
+            return
+        tmp = f"{self._path}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(dict(self._counts), f)
+            os.replace(tmp, self._path)
+        except OSError:
+            return  # the driver finished and removed the folder: nobody is reading
+        self._dirty = False
+        self._written_at = time.monotonic()
+
+
+def read_progress(folder: str) -> Counter:
+    """The sum of the counts every Progress wrote into folder."""
+    total: Counter = Counter()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return total
+    for name in names:
+        if name.endswith(".json"):
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    total.update(json.load(f))
+            except (OSError, ValueError):
+                continue  # replaced or removed meanwhile
+    return total
 
 
 def tfds_features(
@@ -173,7 +426,11 @@ def tfds_features(
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except ValueError as e:  # TFDS's DatasetNotFoundError lists every dataset: keep line one
+    except tfds.core.DatasetNotFoundError:
+        # TFDS's own message lists every dataset it knows, several hundred; name a few close
+        # ones instead (from the registered builders: no network).
+        raise InputError(unknown_tfds_name_message(name)) from None
+    except ValueError as e:  # a bad config or version: its first line says which
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(f"--tfds_name={name}: {first}") from None
     if not builder.info.splits.total_num_examples:
@@ -219,6 +476,20 @@ def tfds_features(
         "label_names": label_names,
         "num_examples": int(num_examples),
     }
+
+
+def unknown_tfds_name_message(name: str) -> str:
+    """One line for a --tfds_name that TFDS does not know, with the closest registered names."""
+    import tensorflow_datasets as tfds
+
+    base = re.split(r"[/:]", name, maxsplit=1)[0]
+    known = tfds.list_builders(with_community_datasets=False)
+    close = difflib.get_close_matches(base, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return (
+        f"--tfds_name={name}: TFDS has no dataset {base!r} ({len(known)} are registered: "
+        f"tfds.list_builders()){hint}"
+    )
 
 
 def tfds_item(example: dict, image_key: str, label_key: str | None) -> SourceItem:
@@ -281,10 +552,16 @@ class ReadTFDS(beam.PTransform):
 class EncodeImages(beam.DoFn):
     """SourceItem -> EncodedRecord, or a Failure on the `failed` output (never raises)."""
 
-    def __init__(self, cfg: DCTConfig, max_pixels: int = images.DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        cfg: DCTConfig,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS,
+        progress_dir: str | None = None,
+    ):
         super().__init__()
         self._cfg = cfg
         self._max_pixels = int(max_pixels)
+        self._progress_dir = progress_dir
 
     def setup(self):
         limit = Image.MAX_IMAGE_PIXELS
@@ -295,19 +572,29 @@ class EncodeImages(beam.DoFn):
         self._written = Metrics.counter(NAMESPACE, "written")
         self._clipped = Metrics.counter(NAMESPACE, "clipped_coefficients")
         self._lengths = Metrics.distribution(NAMESPACE, "sequence_length")
+        self._progress = Progress(self._progress_dir)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
     def process(self, item: SourceItem):
+        out = self._encode(item)
+        self._progress.add("failed" if isinstance(out, beam.pvalue.TaggedOutput) else "written")
+        yield out
+
+    def _encode(self, item: SourceItem) -> EncodedRecord | beam.pvalue.TaggedOutput:
         try:
             if isinstance(item.data, (bytes, bytearray, memoryview)):
                 image = images.decode_image(item.data, max_pixels=self._max_pixels)
             else:
                 image = images.image_from_array(item.data, max_pixels=self._max_pixels)
         except images.ImageError as e:
-            yield _fail(item.key, e.reason, str(e))
-            return
+            return _fail(item.key, e.reason, str(e))
         except Exception as e:  # noqa: BLE001 - "anything else that raises" is counted too
-            yield _fail(item.key, "error", f"{type(e).__name__}: {e}")
-            return
+            return _fail(item.key, "error", f"{type(e).__name__}: {e}")
         try:
             seq = encode(image, self._cfg)
             check_triples(seq.channels, seq.positions, seq.values, self._cfg)
@@ -321,12 +608,11 @@ class EncodeImages(beam.DoFn):
                 key=item.key,
             )
         except Exception as e:  # noqa: BLE001
-            yield _fail(item.key, "encode_error", f"{type(e).__name__}: {e}")
-            return
+            return _fail(item.key, "encode_error", f"{type(e).__name__}: {e}")
         self._written.inc()
         self._clipped.inc(seq.num_clipped)
         self._lengths.update(len(seq) + 1)
-        yield EncodedRecord(item.key, record, len(seq), int(seq.num_clipped))
+        return EncodedRecord(item.key, record, len(seq), int(seq.num_clipped))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,8 +624,9 @@ class WriteShards(beam.PTransform):
 
     Each element goes to shard `shard_of(key, len(file_names))`; every shard is written, empty
     or not, sorted by key, through a temporary file renamed into place. `framing` is "tfrecord"
-    (TFRecord framing) or "lines" (payload + newline). Emits (path, number of elements) per
-    shard. Raises on a key seen twice: two sources with one key would make records ambiguous.
+    (TFRecord framing) or "lines" (payload + newline). Emits a WrittenShard per file (its size
+    as the filesystem reports it once the file is in place). Raises on a key seen twice: two
+    sources with one key would make records ambiguous.
     """
 
     def __init__(self, output_dir: str, file_names: Sequence[str], framing: str):
@@ -387,7 +674,8 @@ class _WriteShardFn(beam.DoFn):
             for _, payload in items:
                 f.write(frame(payload))
         FileSystems.rename([tmp], [final])
-        yield final, len(items)
+        size = FileSystems.get_filesystem(final).metadata(final).size_in_bytes
+        yield WrittenShard(index, name, len(items), int(size))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,6 +739,38 @@ class CountByReason(beam.CombineFn):
         return dict(acc)
 
 
+class SkippedSummary(beam.CombineFn):
+    """Skipped -> {"counts": {reason: n}, "examples": the first EXAMPLES paths in sorted order,
+    as [{"key", "reason", "message"}]}."""
+
+    EXAMPLES = 20
+
+    def create_accumulator(self):
+        return Counter(), []
+
+    def add_input(self, acc, skipped: Skipped):
+        counts, examples = acc
+        counts[skipped.reason] += 1
+        examples.append(skipped)
+        if len(examples) > 2 * self.EXAMPLES:
+            examples[:] = sorted(examples)[: self.EXAMPLES]
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        counts, examples = Counter(), []
+        for c, e in accumulators:
+            counts.update(c)
+            examples.extend(e)
+        return counts, sorted(examples)[: self.EXAMPLES]
+
+    def extract_output(self, acc):
+        counts, examples = acc
+        return {
+            "counts": dict(sorted(counts.items())),
+            "examples": [s._asdict() for s in sorted(examples)[: self.EXAMPLES]],
+        }
+
+
 # ----------------------------------------------------------------------------------------------
 # The end of the job.
 
@@ -478,11 +798,22 @@ class FinalizeSplit(beam.DoFn):
         self._max_failed_fraction = float(max_failed_fraction)
 
     def process(
-        self, unused_element, read, stats, failed_by_reason, shards, failed_files, label_names
+        self,
+        unused_element,
+        read,
+        stats,
+        failed_by_reason,
+        shards,
+        failed_files,
+        label_names,
+        skipped=None,
     ):
         del failed_files  # a side input only so that this step waits for the dead-letter file
-        in_shards = sum(count for _, count in shards)
-        if len(shards) != self._num_shards or in_shards != stats["written"]:
+        shards = sorted(shards)
+        in_shards = sum(shard.records for shard in shards)
+        if [s.index for s in shards] != list(range(self._num_shards)) or (
+            in_shards != stats["written"]
+        ):
             raise RuntimeError(
                 f"{len(shards)} shards holding {in_shards} records were written, expected "
                 f"{self._num_shards} shards holding {stats['written']}"
@@ -501,6 +832,8 @@ class FinalizeSplit(beam.DoFn):
             failed_by_reason=failed_by_reason,
             label_names=label_names,
             max_failed_fraction=self._max_failed_fraction,
+            shards=[{"file": s.file, "records": s.records, "bytes": s.bytes} for s in shards],
+            skipped=skipped,
         )
         outputs.write_split_info(self._output_dir, self._cfg, self._split, entry)
         outputs.remove_temp_files(self._output_dir, self._split)

@@ -1,19 +1,26 @@
 """The Beam dataset job: image decoding of odd and bad inputs, the transforms under TestPipeline,
 and whole runs (image folders with real photos and planted bad files, TFDS datasets) read back and
-checked against the codec's `encode` of the same images.
+checked against the codec's `encode` of the same images; the folder listing (links, special and
+hidden files), progress lines, and what the command prints.
 
 Every pipeline here runs in this process on the FnApiRunner (the DirectRunner's batch engine);
-the multi-processing run of the command line is marked slow.
+the runs on worker processes (the command line's output, a driver killed under its workers) are
+marked slow.
 """
 
 import dataclasses
 import io
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 
 import apache_beam as beam
@@ -35,6 +42,7 @@ from dct_gen.representation import ORDERINGS, DCTConfig, encode
 
 IN_PROCESS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 CFG = DCTConfig(block_size=8, quality=75, resolution=128, clip=1200, ordering="interleaved")
+TINY = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="interleaved")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -358,14 +366,19 @@ def test_write_shards_assigns_by_key_sorts_and_writes_empty_shards(tmp_path):
             | "NoItems" >> beam.Create([], reshuffle=False).with_output_types(tuple[str, bytes])
             | "WriteEmpty" >> transforms.WriteShards(str(tmp_path / "empty"), ["only"], "lines")
         )
-        assert_that(
-            written | beam.Map(lambda pc: pc[1]) | beam.CombineGlobally(sum), equal_to([40])
-        )
+        # Each shard reported with its index, name, count and size ("lines": key + newline).
+        in_shard = [[k for k in keys if transforms.shard_of(k, 5) == i] for i in range(5)]
+        expected = [
+            transforms.WrittenShard(i, names[i], len(ks), sum(len(k) + 1 for k in ks))
+            for i, ks in enumerate(in_shard)
+        ]
+        assert_that(written, equal_to(expected))
     seen = []
     for i, name in enumerate(names):
         lines = (tmp_path / name).read_text().splitlines()
         assert lines == sorted(lines)
         assert all(transforms.shard_of(k, 5) == i for k in lines)
+        assert (tmp_path / name).stat().st_size == expected[i].bytes
         seen += lines
     assert sorted(seen) == keys
     assert (tmp_path / "empty" / "only").read_bytes() == b""
@@ -520,8 +533,22 @@ def test_folder_info_json_and_completed(folder_run):
     assert summary["suggested_l_max"] == summary["p99"]
     counts = entry["counts"]
     assert counts["triples"] == sum(len(r["channels"]) for r in got.values())
-    shard_bytes = sum(os.path.getsize(p) for p in records.split_files(str(out), "train"))
+    paths = records.split_files(str(out), "train")
+    shard_bytes = sum(os.path.getsize(p) for p in paths)
     assert counts["record_bytes"] == shard_bytes
+    # Each shard listed in order with its file's name, record count and size.
+    assert entry["shards"] == [
+        {
+            "file": os.path.basename(p),
+            "records": sum(1 for _ in tf.data.TFRecordDataset(p)),
+            "bytes": os.path.getsize(p),
+        }
+        for p in paths
+    ]
+    assert [s["file"] for s in entry["shards"]] == [
+        records.shard_name("train", i, 3) for i in range(3)
+    ]
+    assert counts["skipped"] == {} and "skipped_examples" not in entry
     assert 1.5 < counts["bytes_per_triple"] < 3.0
     assert (out / "COMPLETED").read_text() == "train\n"
     assert not [f for f in os.listdir(out) if ".tmp-" in f]
@@ -630,8 +657,220 @@ def test_too_many_failures_are_one_line_on_the_command_line(folder, tmp_path, ca
     assert build_dataset.main(argv) == 1
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("beam_jobs.build_dataset: ")]
+    # Progress lines may come before it (every 10 s); the error is one line.
+    lines = [line for line in err.splitlines() if line.startswith("beam_jobs.build_dataset: err")]
     assert len(lines) == 1 and f"{len(bad)} of" in lines[0], err
+    assert all(line.startswith("beam_jobs.build_dataset: ") for line in err.splitlines()), err
+
+
+# ----------------------------------------------------------------------------------------------
+# A listing that names everything: broken links fail by name, special files and hidden files
+# are passed over (never opened, never failures).
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """Two photo crops, a link to one, a broken link (in links/), a FIFO, a socket, macOS's
+    hidden files and a hidden folder holding a good image."""
+    root = tmp_path_factory.mktemp("odd") / "photos"
+    crops = photos.write_crops(str(root), 2, seed=4)
+    (root / "link.png").symlink_to(crops[0])
+    os.makedirs(root / "links")
+    (root / "links" / "gone.png").symlink_to(root / "deleted.png")
+    os.mkfifo(root / "pipe.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "socket.png"))
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    os.makedirs(root / ".thumbs")
+    shutil.copy(crops[1], root / ".thumbs" / "0001.png")
+    yield root
+    sock.close()
+
+
+def _listed(pattern):
+    inputs, skipped = [], {}
+    for item in transforms.list_inputs(pattern):
+        if isinstance(item, transforms.Skipped):
+            skipped[item.key] = (item.reason, item.message)
+        else:
+            inputs.append(item)
+    return inputs, skipped
+
+
+def test_listing_names_links_special_and_hidden_files(odd_folder, monkeypatch):
+    root = str(odd_folder)
+    inputs, skipped = _listed(f"{root}/*")
+    assert inputs == [f"{root}/{n}" for n in ("0000.png", "0001.png", "link.png")]
+    assert {k: r for k, (r, _) in skipped.items()} == {
+        f"{root}/.DS_Store": "hidden",
+        f"{root}/._0000.png": "hidden",
+        f"{root}/pipe.png": "special_file",
+        f"{root}/socket.png": "special_file",
+    }
+    assert skipped[f"{root}/pipe.png"][1].startswith("a FIFO")
+    assert skipped[f"{root}/socket.png"][1].startswith("a socket")
+    # The regular files are the ones Beam's own listing gives (its order, spelling).
+    beam_paths = sorted(m.path for m in beam.io.filesystems.FileSystems.match([f"{root}/*"])[0]
+                        .metadata_list)  # fmt: skip
+    assert [p for p in beam_paths if p in inputs] == inputs
+    # ** crosses folders, takes the broken link, and does not enter the hidden folder.
+    inputs, skipped = _listed(f"{root}/**")
+    assert f"{root}/links/gone.png" in inputs
+    assert not [p for p in inputs + list(skipped) if "/.thumbs/" in p]
+    # A pattern that spells the dot takes hidden files, as a shell glob does.
+    assert _listed(f"{root}/.*")[0] == [f"{root}/.DS_Store", f"{root}/._0000.png"]
+    assert _listed(f"{root}/.thumbs/*.png")[0] == [f"{root}/.thumbs/0001.png"]
+    assert _listed(f"{root}/.DS_Store") == ([f"{root}/.DS_Store"], {})
+    # A relative pattern lists relative paths, as Beam does.
+    monkeypatch.chdir(odd_folder.parent)
+    assert _listed("photos/0*.png")[0] == ["photos/0000.png", "photos/0001.png"]
+    # An object store's listing (Beam's, here of the local folder) passes over hidden names too.
+    monkeypatch.setattr(transforms, "is_local", lambda path: False)
+    inputs, skipped = _listed(f"{root}/*")
+    assert skipped == {
+        f"{root}/{n}": ("hidden", transforms._hidden("").message)
+        for n in (".DS_Store", "._0000.png")
+    }
+    assert f"{root}/0000.png" in inputs
+
+
+def test_reading_refuses_links_to_nothing_and_special_files_unopened(odd_folder):
+    failure = transforms._read_file(str(odd_folder / "links" / "gone.png"), None)
+    assert failure.reason == "broken_link" and "deleted.png" in failure.message
+    failure = transforms._read_file(str(odd_folder / "pipe.png"), None)  # would block if opened
+    assert failure.reason == "read_error" and failure.message.startswith("a FIFO")
+    item = transforms._read_file(str(odd_folder / "link.png"), ["photos"])
+    assert item.data == (odd_folder / "0000.png").read_bytes() and item.label == 0
+
+
+class _FifoWatch:
+    """Opens the FIFO for writing whenever a reader has it open: the job would block on it
+    otherwise, and `opened` tells whether anything ever did."""
+
+    def __init__(self, path):
+        self.path, self.opened = str(path), False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody reads it
+                continue
+            self.opened = True
+            os.write(fd, b"not an image")
+            os.close(fd)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def odd_folder_run(odd_folder, tmp_path_factory):
+    """The job on everything below the folder, with progress lines every 0.1 s."""
+    out = tmp_path_factory.mktemp("odd_out") / "data"
+    lines = []
+    watch = _FifoWatch(odd_folder / "pipe.png")
+    try:
+        entry = pipeline.run_pipeline(
+            output_dir=str(out),
+            cfg=TINY,
+            image_glob=f"{odd_folder}/**",
+            num_shards=2,
+            max_failed_fraction=0.5,
+            pipeline_args=IN_PROCESS,
+            progress=lines.append,
+            progress_every=0.1,
+        )
+    finally:
+        watch.stop()
+    return out, entry, lines, watch.opened
+
+
+def test_broken_links_fail_by_name_and_special_files_are_skipped(odd_folder, odd_folder_run):
+    out, entry, _, fifo_opened = odd_folder_run
+    assert not fifo_opened
+    counts = entry["counts"]
+    # Read: the two crops, the link to one, the broken link; hidden and special files are not
+    # inputs, and not failures.
+    assert (counts["read"], counts["written"], counts["failed"]) == (4, 3, {"broken_link": 1})
+    assert counts["skipped"] == {"hidden": 2, "special_file": 2}
+    failed = [json.loads(line) for line in (out / "failed-train.jsonl").read_text().splitlines()]
+    assert [(f["key"], f["reason"]) for f in failed] == [
+        (str(odd_folder / "links" / "gone.png"), "broken_link")
+    ]
+    assert str(odd_folder / "deleted.png") in failed[0]["message"]
+    assert {(s["key"], s["reason"]) for s in entry["skipped_examples"]} == {
+        (str(odd_folder / n), r)
+        for n, r in [
+            (".DS_Store", "hidden"),
+            ("._0000.png", "hidden"),
+            ("pipe.png", "special_file"),
+            ("socket.png", "special_file"),
+        ]
+    }
+    assert sorted(read_split(out)) == [
+        str(odd_folder / n) for n in ("0000.png", "0001.png", "link.png")
+    ]
+
+
+def test_hidden_files_do_not_count_against_the_failure_threshold(odd_folder, tmp_path):
+    """A folder of a few photos and macOS's .DS_Store passes the default 1% threshold."""
+    entry = pipeline.run_pipeline(
+        output_dir=str(tmp_path / "out"),
+        cfg=TINY,
+        image_glob=f"{odd_folder}/*",
+        num_shards=1,
+        pipeline_args=IN_PROCESS,
+    )
+    assert entry["max_failed_fraction"] == 0.01 and entry["counts"]["failed_total"] == 0
+    assert (tmp_path / "out" / "COMPLETED").read_text() == "train\n"
+
+
+def test_a_glob_of_only_skipped_files_names_them(odd_folder, tmp_path):
+    with pytest.raises(InputError, match=r"matches no file \(it passed over 1 hidden file, 1 spe"):
+        pipeline.run_pipeline(
+            output_dir=str(tmp_path / "out"), cfg=TINY, image_glob=f"{odd_folder}/[.p][Di]*"
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_lines_count_toward_the_listings_total(odd_folder_run):
+    _, entry, lines, _ = odd_folder_run
+    assert lines, "no progress line in a run of several 0.1 s periods"
+    pattern = re.compile(
+        r"(\d+) of 4 inputs \(\d+%\) in \d+:\d\d:\d\d: (\d+) written, (\d+) failed"
+        r"(; [\d.]+ inputs/s, ETA \d+:\d\d:\d\d)?$"
+    )
+    done = []
+    for line in lines:
+        m = pattern.match(line)
+        assert m, line
+        assert int(m[1]) == int(m[2]) + int(m[3]) <= 4
+        done.append(int(m[1]))
+    assert done == sorted(done)
+    assert pipeline.progress_line({"written": 30, "failed": 10}, 100, 20.0) == (
+        "40 of 100 inputs (40%) in 0:00:20: 30 written, 10 failed; 2.0 inputs/s, ETA 0:00:30"
+    )
+    assert pipeline.progress_line({}, None, 5.0) == "0 inputs in 0:00:05: 0 written, 0 failed"
+
+
+def test_progress_files_sum_over_instances(tmp_path):
+    a, b = transforms.Progress(str(tmp_path), every=3600), transforms.Progress(str(tmp_path))
+    for _ in range(3):
+        a.add("written")  # the first is written at once, the others wait for the period
+    b.add("failed")
+    assert transforms.read_progress(str(tmp_path)) == {"written": 1, "failed": 1}
+    a.flush()
+    assert transforms.read_progress(str(tmp_path)) == {"written": 3, "failed": 1}
+    quiet = transforms.Progress(None)
+    quiet.add("written")
+    quiet.flush()
+    assert len(os.listdir(tmp_path)) == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -691,6 +930,20 @@ def test_tfds_mock_cifar10_labelled(tmp_path):
         assert image.shape == (32, 32, 3)
         _assert_same_triples(got[key], encode(image, cfg), key)
         assert int(got[key]["label"]) == label
+
+
+def test_a_misspelt_tfds_name_is_one_line_with_close_names(tmp_path, capsys):
+    with pytest.raises(InputError) as e:
+        transforms.tfds_features("mnistt", "train", str(tmp_path))
+    message = str(e.value)
+    assert message.startswith("--tfds_name=mnistt: TFDS has no dataset 'mnistt'")
+    assert message.endswith("did you mean mnist, kmnist, emnist?")  # not the 400-odd names
+    # A config and version after the name: the name is what is looked up.
+    with pytest.raises(InputError, match=r"no dataset 'cifar1O' .*did you mean cifar10"):
+        transforms.tfds_features("cifar1O/plain:3.0.2", "train", str(tmp_path))
+    argv = ["--tfds_name=mnistt", f"--output_dir={tmp_path}/out"]
+    assert build_dataset.main(argv) == 1
+    assert "did you mean mnist" in _one_error_line(capsys.readouterr().err, "--tfds_name=mnistt")
 
 
 class DctTestPhotos(tfds.core.GeneratorBasedBuilder):
@@ -798,8 +1051,6 @@ def test_tfds_prepared_dataset_on_worker_processes(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # The command line.
-
-TINY = DCTConfig(block_size=8, quality=75, resolution=64, clip=1200, ordering="interleaved")
 
 
 def _one_error_line(err: str, *needles: str) -> str:
@@ -936,8 +1187,13 @@ def test_main_with_training_gin_writes_its_representation(tmp_path, monkeypatch,
     out = tmp_path / "out"
     argv = [f"--image_glob={tmp_path}/crops/*.png", f"--output_dir={out}", "--num_shards=2"]
     code = build_dataset.main([*argv, "--gin_file", "gin/data/tiny.gin", *IN_PROCESS])
-    assert code == 0, capsys.readouterr().err
-    assert "wrote 4 records" in capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    # The job's own lines only (progress, then the summary), Beam's and TensorFlow's quiet.
+    lines = (printed + err).splitlines()
+    assert len(lines) <= 10 and all(line.startswith("beam_jobs.build_dataset: ") for line in lines)
+    assert printed.startswith("beam_jobs.build_dataset: read 4 inputs in ")
+    assert "wrote 4 records" in printed
     info = json.loads((out / "info.json").read_text())
     assert info["representation"]["resolution"] == 64
     assert DCTConfig.from_dict(info["representation"]) == TINY
@@ -1005,7 +1261,7 @@ def test_run_pipeline_argument_errors_name_the_flag(tmp_path):
         run(image_glob="gs://bucket/images/*.jpg")
     with pytest.raises(InputError, match="--tfds_name=cifar10: no prepared data"):
         run(tfds_name="cifar10", tfds_data_dir=str(tmp_path / "empty_tfds"))
-    with pytest.raises(InputError, match="--tfds_name=no_such_dataset_xyz: .*not found"):
+    with pytest.raises(InputError, match="--tfds_name=no_such_dataset_xyz: TFDS has no data"):
         run(tfds_name="no_such_dataset_xyz", tfds_data_dir=str(tmp_path / "empty_tfds"))
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(b"")
@@ -1053,3 +1309,118 @@ def test_command_line_multi_processing_matches_in_process(folder, folder_run, tm
         info["splits"]["train"]["counts"]
         == json.loads((out / "info.json").read_text())["splits"]["train"]["counts"]
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# What the job prints, and worker processes that end with the driver.
+
+
+def test_a_worker_whose_parent_is_not_the_driver_exits_before_importing_beam():
+    """The worker's prelude: a worker whose driver is gone exits at once (here a shell stands
+    between this process, the driver its command names, and the worker)."""
+    command = pipeline.worker_command()
+    assert command.startswith("exec ") and f"run_worker({os.getpid()}, 40)" in command
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")  # each import, listed on stderr
+    done = subprocess.run(
+        ["sh", "-c", f"({command})"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "ctypes" in done.stderr and "apache_beam" not in done.stderr, done.stderr[-2000:]
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> start time (in clock ticks since boot) of each child of a process, from /proc."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out[int(name)] = fields[19]
+    return out
+
+
+def _alive(processes: dict[int, str]) -> list[int]:
+    """Those of processes (pid -> start time) that still run: not gone, not a zombie, not
+    another process that got the pid."""
+    alive = []
+    for pid, started in processes.items():
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in "ZX" and fields[19] == started:
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_driver_ends_its_workers(tmp_path):
+    photos.write_crops(str(tmp_path / "crops"), 40, seed=5, sides=(100, 200))
+    cmd = [
+        sys.executable,
+        "-m",
+        "beam_jobs.build_dataset",
+        f"--image_glob={tmp_path}/crops/*.png",
+        f"--output_dir={tmp_path}/out",
+        "--num_shards=2",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    ]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = {}
+    try:
+        deadline = time.monotonic() + 180
+        while len(workers) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = _children(driver.pid)
+        assert len(workers) == 2, "the job started no two worker processes"
+        for pid in workers:
+            assert "run_worker" in open(f"/proc/{pid}/cmdline").read()
+        time.sleep(3)  # mid-run: the workers import Beam, or encode
+        assert driver.poll() is None, "the job ended before it was killed: give it more images"
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 5
+        while _alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(workers), "worker processes outlived their killed driver"
+    finally:
+        for pid in _alive(workers):
+            os.kill(pid, signal.SIGKILL)
+        driver.kill()
+        driver.wait()
+        driver.stderr.close()
+
+
+@pytest.mark.slow
+def test_worker_processes_are_quiet_unless_asked(tmp_path):
+    """Two worker processes on four images: the default output is the job's own lines; with
+    --verbosity 1 the workers' Beam lines come back."""
+    photos.write_crops(str(tmp_path / "crops"), 4, seed=3)
+    cmd = [
+        sys.executable,
+        "-m",
+        "beam_jobs.build_dataset",
+        f"--image_glob={tmp_path}/crops/*.png",
+        "--num_shards=2",
+        "--resolution=64",
+        "--direct_num_workers=2",
+    ]
+    run = lambda *args: subprocess.run(
+        [*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    done = run(f"--output_dir={tmp_path}/quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 10, done.stdout + done.stderr
+    assert all(line.startswith("beam_jobs.build_dataset: ") for line in lines), lines
+    done = run(f"--output_dir={tmp_path}/verbose", "--verbosity=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "INFO apache_beam.runners.worker.sdk_worker_main: Python sdk harness starting" in (
+        done.stderr
+    )
+    assert "Worker: severity" not in done.stderr  # the driver does not repeat them
