@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp-install
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test test-slow lint format demo bench clean
+.PHONY: venv test test-slow test-tf220 lint format demo bench clean
 
 # (Re)create the virtual environment whenever setup.py changes.
 $(STAMP): setup.py
@@ -24,6 +24,19 @@ test: $(STAMP)
 ## make test-slow: the long end-to-end tests (marker `slow`).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests || [ $$? -eq 5 ]
+
+## make test-tf220: the default suite again on TensorFlow 2.20 (the TPU build's version), in
+## its own environment .venv-tf220/.
+VENV_TF220 := .venv-tf220
+STAMP_TF220 := $(VENV_TF220)/.stamp-install
+$(STAMP_TF220): setup.py $(STAMP)
+	@test -x $(VENV_TF220)/bin/python || $(PYTHON) -m venv $(VENV_TF220)
+	DCT_GEN_TF_VERSION=2.20.0 $(VENV)/bin/uv pip install --quiet --python $(VENV_TF220)/bin/python -e '.[test]'
+	@touch $(STAMP_TF220)
+
+test-tf220: $(STAMP_TF220)
+	$(VENV_TF220)/bin/python -c "import tensorflow as tf; assert tf.__version__.startswith('2.20'), tf.__version__"
+	$(VENV_TF220)/bin/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -49,4 +62,4 @@ bench: $(STAMP)
 	$(PY) bench/quality.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VENV_TF220) runs .pytest_cache .ruff_cache *.egg-info

@@ -65,7 +65,11 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str], prog: str) -> list
     Raises:
       UsageError: a flag absl cannot parse (unknown, bad value); the message names it.
     """
-    flag_values.unparse_flags()
+    # Only a second parse needs the reset. unparse_flags() logs through the root logger, and
+    # that first log call would install Python's default stderr handler in every entry point
+    # (library warnings would then print as `WARNING:name:msg`).
+    if flag_values.is_parsed():
+        flag_values.unparse_flags()
     try:
         rest = flag_values([prog, *argv])
     except flags.Error as e:

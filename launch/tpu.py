@@ -12,8 +12,9 @@ The steps, each a command printed before it runs (--dry_run prints them all and 
    worker with `gcloud compute tpus tpu-vm scp` (--source copy, the default), or nothing here
    when the VM clones a git repository itself (--source git --git_url URL [--git_ref REF]);
 3. install: on every worker, unpack or clone, then `pip install -e .` with
-   DCT_GEN_TF_WHEEL=tensorflow, so that the package depends on the full TensorFlow wheel
-   instead of tensorflow-cpu (setup.py), plus any --pip_extra packages;
+   DCT_GEN_TF_WHEEL=tensorflow-tpu, so that the package depends on TensorFlow's TPU build
+   (tensorflow-tpu 2.20.0, its TensorBoard and libtpu; setup.py) instead of tensorflow-cpu,
+   plus any --pip_extra packages;
 4. train: on every worker, `python3 -m dct_gen.train --gin_file gin/experiments/X.gin
    --data_dir gs://... --model_dir gs://... --tpu local`, with --gin_param and --max_steps
    passed on; --detach runs it under nohup, logging to ~/dct-gen-train.log on the VM;
@@ -218,7 +219,7 @@ def build_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     pip = [args.python, "-m", "pip", "install"]
     install = (
         f"{fetch} && cd {REMOTE_DIR} && {shlex.join(pip + ['--upgrade', 'pip'])} && "
-        f"DCT_GEN_TF_WHEEL=tensorflow {shlex.join(pip + ['-e', '.'] + args.pip_extra)}"
+        f"DCT_GEN_TF_WHEEL=tensorflow-tpu {shlex.join(pip + ['-e', '.'] + args.pip_extra)}"
     )
     steps.append(("install the package on every worker", ssh(install)))
 

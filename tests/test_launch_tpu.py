@@ -72,7 +72,7 @@ def test_dry_run_prints_create_copy_install_and_train(capsys, no_execution):
         assert "--worker=all" in argv and all(flag in argv for flag in where)
     script = remote_command(install)
     assert "tar -xzf dct-gen.tar.gz -C dct-gen" in script
-    assert "DCT_GEN_TF_WHEEL=tensorflow python3 -m pip install -e ." in script
+    assert "DCT_GEN_TF_WHEEL=tensorflow-tpu python3 -m pip install -e ." in script
     # The training command as the VM's shell will split it.
     script = remote_command(train)
     assert script.startswith("cd dct-gen && ")
