@@ -189,62 +189,43 @@ def step_train_colorize(out_dir: str) -> list[str]:
     return _train(out_dir, "run_colorize", "data_luma_first", LUMA_FIRST, COLORIZE_STEPS)
 
 
+HELD_OUT_SPLIT = "test"  # the dataset split of the held-out photos (images/test)
+
+
+def headline(result: dict) -> str | None:
+    """The demo's one-line result from an evaluation.json: the model's bits per subpixel on
+    the held-out photos against JPEG's on the same coefficients (None without both)."""
+    images = result.get("images") or {}
+    if images.get("jpeg_bits_per_subpixel") is None:
+        return None
+    return (
+        f"Held-out photos: {images['bits_per_subpixel']:.4f} bits per subpixel (model, step "
+        f"{images['step']}; channel {images['channel_bits_per_subpixel']:.4f}, position "
+        f"{images['position_bits_per_subpixel']:.4f}, value "
+        f"{images['value_bits_per_subpixel']:.4f}) against {images['jpeg_bits_per_subpixel']:.4f}"
+        f" (optimized JPEG, same coefficients): {100 * images['saving_vs_jpeg']:+.1f}%"
+    )
+
+
 def step_evaluate(out_dir: str) -> list[str]:
     """Exact bits per subpixel on the held-out photos against optimized JPEG's entropy coding
-    of the same coefficients."""
-    import json
-
-    import numpy as np
-    import tensorflow as tf
-
-    from dct_gen import jpeg_baseline, records, run_dir, training
-    from dct_gen import representation as rep
+    of the same coefficients (and JPEG XL's recompression of that JPEG, when imagecodecs is
+    installed): `python -m dct_gen.evaluate`'s evaluation.json."""
+    from dct_gen import evaluation
 
     d = _dirs(out_dir)
-    run = run_dir.load_run(d["run"], mixed_precision=False, log=lambda _: None)
-    model, model_config, step = run.model, run.model_config, run.step
-    strategy = tf.distribute.get_strategy()
-    ours = dict(
-        training.evaluate(
-            strategy,
-            training.make_eval_step(strategy, model, model_config.dct),
-            data_dir=d["data"],
-            split="test",
-            batch_size=8,
-            chunk_size=model_config.chunk_size,
-            overlap=model_config.overlap,
-            target_part="all",
-        )
-    )
-    cfg = model_config.dct
-    jpeg = []
-    for raw in tf.data.TFRecordDataset(records.split_files(d["data"], "test")):
-        t = {k: v.numpy() for k, v in records.parse_example(raw).items()}
-        seq = rep.DCTSequence(
-            t["channels"], t["positions"], t["values"], int(t["height"]), int(t["width"])
-        )
-        jpeg.append(jpeg_baseline.jpeg_bits(seq, cfg)["bits_per_subpixel"])
-    result = {
-        "step": step,
-        "held_out_photos": list(HELD_OUT),
-        "model_bits_per_subpixel": ours["bits_per_subpixel"],
-        "model_channel_bits_per_subpixel": ours["channel_bits_per_subpixel"],
-        "model_position_bits_per_subpixel": ours["position_bits_per_subpixel"],
-        "model_value_bits_per_subpixel": ours["value_bits_per_subpixel"],
-        "jpeg_optimized_bits_per_subpixel": float(np.mean(jpeg)),
-    }
-    result["saving_vs_jpeg"] = 1.0 - result["model_bits_per_subpixel"] / float(np.mean(jpeg))
     path = os.path.join(out_dir, "evaluation.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(
-        f"   held-out bits per subpixel: model {result['model_bits_per_subpixel']:.4f} "
-        f"(channel {ours['channel_bits_per_subpixel']:.4f}, position "
-        f"{ours['position_bits_per_subpixel']:.4f}, value {ours['value_bits_per_subpixel']:.4f})"
-        f"; optimized JPEG {result['jpeg_optimized_bits_per_subpixel']:.4f}; "
-        f"{100 * result['saving_vs_jpeg']:+.1f}% saving",
-        flush=True,
+    result = evaluation.run_evaluation(
+        model_dir=d["run"],
+        data_dir=d["data"],
+        split=HELD_OUT_SPLIT,
+        images=os.path.join(d["images"], "test"),
+        out=path,
+        log=lambda line: print("\n".join("   " + part for part in line.split("\n")), flush=True),
     )
+    line = headline(result)
+    if line:
+        print("   " + line, flush=True)
     return [path]
 
 
@@ -377,12 +358,9 @@ def _main(args: list[str]) -> int:
         import json
 
         with open(evaluation) as f:
-            e = json.load(f)
-        print(
-            f"Held-out photos: {e['model_bits_per_subpixel']:.4f} bits per subpixel (model, step "
-            f"{e['step']}) against {e['jpeg_optimized_bits_per_subpixel']:.4f} (optimized JPEG, "
-            f"same coefficients): {100 * e['saving_vs_jpeg']:+.1f}%"
-        )
+            line = headline(json.load(f))
+        if line:
+            print(line)
     if "sample" in written:
         print(f"Samples: {os.path.join(out, 'samples', 'sample_grid.png')}")
     if "train" in written:

@@ -1,29 +1,37 @@
-"""Evaluate a trained run: exact bits per subpixel of a held-out split, and FID, sFID, precision
-and recall of a folder of samples.
+"""Evaluate a trained run: exact bits per subpixel of a held-out split or of any image files
+(beside JPEG and JPEG XL on the same coefficients), and FID, sFID, precision and recall of a
+folder of samples.
 
 Usage:
   python -m dct_gen.evaluate --model_dir=RUN --data_dir=DATA [--split=SPLIT]
+  python -m dct_gen.evaluate --model_dir=RUN --images='PHOTOS/*.jpg' [--out=FILE.json]
   python -m dct_gen.evaluate --model_dir=RUN --samples_dir=FOLDER --reference_data_dir=DATA \\
       --num_samples=N [--inception_weights=FILE.h5]
   python -m dct_gen.evaluate --model_dir=RUN --data_dir=DATA --generate --num_samples=N
 
 At least one of --data_dir (bits per subpixel: the run's model scores every chunk of every
 sequence with the training loop's own evaluator, so a checkpoint's figures equal the run's
-eval.jsonl) and --samples_dir or --generate (sample metrics on Inception-v3 features against
-the training set) is needed.
+eval.jsonl), --images (any image files, a quoted glob or a directory: each encoded as the
+dataset job does and scored the same way, per image and in total, beside JPEG's optimized
+Huffman coding of the same coefficients and JPEG XL's recompression of that JPEG; files that
+are not images are skipped and listed) and --samples_dir or --generate (sample metrics on
+Inception-v3 features against the training set) is needed.
 
 Outputs: MODEL_DIR/evaluation.json (--out; a section this call does not compute is kept from an
-earlier evaluation of the same run) and TensorBoard scalars under MODEL_DIR/evaluate/.
+earlier evaluation of the same run), TensorBoard scalars under MODEL_DIR/evaluate/ (--data_dir,
+--samples_dir), and for --images a table on stdout. Progress lines go to stderr (--quiet: none).
+An evaluation that would write into MODEL_DIR while a training run holds it stops first.
 
 Exit status: 0 done; 1 bad input (a missing run, dataset, split, checkpoint, folder or weights
-file, too few images: the message names the flag or the file); 2 bad flags.
+file, too few images, no image among --images, a run a training holds: the message names the
+flag or the file); 2 bad flags.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import flags
 
@@ -60,7 +68,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "batch_size",
     None,
-    "Chunks per step (default: the run's; the figures do not depend on it).",
+    "Chunks per step, of --data_dir and --images (default: the run's; the figures do not "
+    "depend on it).",
     lower_bound=1,
     flag_values=FLAGS,
 )
@@ -71,6 +80,16 @@ flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
+# Image files.
+flags.DEFINE_string(
+    "images",
+    None,
+    "Image files to score, a quoted glob ('PHOTOS/*.jpg') or a directory (its files): each "
+    "image's bits per subpixel beside JPEG's and JPEG XL's; files that are not images are "
+    "skipped and listed.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool("quiet", False, "No progress lines (on stderr).", flag_values=FLAGS)
 # Sample metrics.
 flags.DEFINE_string(
     "samples_dir",
@@ -168,11 +187,16 @@ def _check_flags(samples_dir: str | None) -> None:
 
     if not tf.io.gfile.isdir(FLAGS.model_dir):
         raise InputError(f"--model_dir={FLAGS.model_dir}: no such directory")
-    if FLAGS.data_dir is None and samples_dir is None:
+    if FLAGS.data_dir is None and samples_dir is None and FLAGS.images is None:
         raise UsageError(
-            "nothing to evaluate: give --data_dir (bits per subpixel) and/or --samples_dir or "
-            "--generate (FID, sFID, precision, recall)"
+            "nothing to evaluate: give --data_dir (bits per subpixel), --images (image files "
+            "beside JPEG) and/or --samples_dir or --generate (FID, sFID, precision, recall)"
         )
+    if FLAGS.images is not None:
+        try:
+            evaluation.image_files(FLAGS.images)
+        except InputError as e:
+            raise InputError(f"--images={e}") from None
     for flag in ("data_dir", "reference_data_dir"):
         if FLAGS[flag].value is not None:
             _dataset_dir(flag, FLAGS[flag].value)
@@ -198,6 +222,27 @@ def _check_flags(samples_dir: str | None) -> None:
         )
 
 
+def _console(quiet: bool) -> tuple[Callable[[str], None], Callable[[str], None] | None]:
+    """(log, progress): results on stdout; progress lines on stderr (none when quiet),
+    rewritten in place on a terminal, where the next result line first ends them."""
+    tty = sys.stderr.isatty()
+    pending = [False]  # a progress line without its newline is on the terminal
+
+    def log(line: str) -> None:
+        if pending[0]:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            pending[0] = False
+        print(line, flush=True)
+
+    def progress(line: str) -> None:
+        sys.stderr.write(("\r" + line.ljust(100)) if tty else line + "\n")
+        sys.stderr.flush()
+        pending[0] = tty
+
+    return log, None if quiet else progress
+
+
 def _main(argv: list[str]) -> int:
     cli.no_positional(argv)
     cli.require(FLAGS, "model_dir")
@@ -210,7 +255,16 @@ def _main(argv: list[str]) -> int:
 
     from dct_gen import metrics, run_dir, training
 
-    strategy = training.make_strategy(FLAGS.tpu) if FLAGS.data_dir else None
+    # A training run that holds the directory is named before anything is loaded or sampled.
+    evaluation.check_unlocked(
+        FLAGS.model_dir,
+        out=FLAGS.out,
+        summaries=FLAGS.data_dir is not None or samples_dir is not None,
+        paths=[samples_dir] if FLAGS.generate else [],
+    )
+    needs_model = FLAGS.data_dir is not None or FLAGS.images is not None
+    strategy = training.make_strategy(FLAGS.tpu) if needs_model else None
+    log, progress = _console(FLAGS.quiet)
     if FLAGS.generate:
         # The weights first: a missing file should not cost the sampling time.
         metrics.inception_weights_path(FLAGS.inception_weights)
@@ -228,6 +282,7 @@ def _main(argv: list[str]) -> int:
         batch_size=FLAGS.batch_size,
         max_batches=FLAGS.max_batches,
         checkpoint=FLAGS.checkpoint,
+        images=FLAGS.images,
         samples_dir=samples_dir,
         num_samples=FLAGS.num_samples,
         reference_data_dir=FLAGS.reference_data_dir,
@@ -239,6 +294,8 @@ def _main(argv: list[str]) -> int:
         k=FLAGS.k,
         out=FLAGS.out,
         strategy=strategy,
+        log=log,
+        progress=progress,
     )
     return 0
 

@@ -1,38 +1,52 @@
-"""Evaluating a trained run: exact bits per subpixel of a held-out split, and sample metrics.
+"""Evaluating a trained run: exact bits per subpixel of a held-out split or of any image files
+(beside JPEG and JPEG XL), and sample metrics.
 
-The library behind `python -m dct_gen.evaluate`. Two kinds of figures, each computed when its
-inputs are given:
+The library behind `python -m dct_gen.evaluate` and the demo's evaluation step. Three kinds of
+figures, each computed when its inputs are given:
 
 - Exact bits per subpixel of a held-out split (`likelihood`): the run's model is rebuilt from its
   config.json and a checkpoint restored (`dct_gen.run_dir.load_run`), and
   `dct_gen.training.evaluate`, the training loop's own evaluator, scores every chunk of every
   sequence. For the same checkpoint and split the figures equal the run's eval.jsonl line.
+- Exact bits per subpixel of image files, anyone's photos (`score_images`): each file is
+  encoded as the dataset job encodes it and scored with the same evaluation step, per image
+  and in total, channel, position and value apart; beside the bits JPEG's optimized Huffman
+  coding spends on the same coefficients (`dct_gen.jpeg_baseline`, block size 8) and the size
+  of JPEG XL's lossless recompression of that JPEG (`imagecodecs`, when installed).
 - Sample metrics of a folder of generated images (`sample_metrics`): FID, sFID, precision and
   recall against the training set, on Inception-v3 features (`dct_gen.metrics`). The reference
   statistics are cached and recomputed when what they describe changes. `generate_samples`
   draws the images from the run's model first (`dct_gen.sampling`).
 
-`run_evaluation` does both and writes the outputs:
+`run_evaluation` does any of them and writes the outputs:
 
-- JSON (default MODEL_DIR/evaluation.json): {"model_dir", "likelihood": {...}, "samples":
-  {...}}; each section names the checkpoint step it describes. A section this call does not
-  compute is kept from an existing file of the same run.
+- JSON (default MODEL_DIR/evaluation.json): {"model_dir", "likelihood": {...}, "images":
+  {...}, "samples": {...}}; each section names the checkpoint step it describes. A section
+  this call does not compute is kept from an existing file of the same run. docs/evaluation.md
+  lists every field.
 - TensorBoard scalars under MODEL_DIR/evaluate/: `evaluate/<split>` holds bits per subpixel
   (total, per component, per chunk index; the tags of the training run's eval/ events, so
   TensorBoard overlays the two), `evaluate/samples` holds fid, sfid, precision and recall.
+  Image files write none.
+
+Before writing into MODEL_DIR it checks the run's lock (`check_unlocked`): an evaluation never
+writes into a directory a live training run holds.
 
 Bad input (a missing run, dataset, split or weights file, too few images, a damaged shard or
-image) raises `dct_gen.errors.InputError` naming the file; contradictory arguments raise
-`UsageError`. Importing this module loads neither TensorFlow nor numpy.
+image) raises `dct_gen.errors.InputError` naming the file; among image files, those that are
+not images are skipped and listed, and only a call with none left fails. Contradictory
+arguments raise `UsageError`. Importing this module loads neither TensorFlow nor numpy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from dct_gen import run_dir
 from dct_gen.errors import InputError, UsageError
@@ -47,6 +61,7 @@ DEFAULT_FEATURE_BATCH_SIZE = 50
 # import numpy.
 DEFAULT_K = 3
 GENERATED_DIR = "generated"  # MODEL_DIR/evaluate/generated: where --generate writes by default
+COMPONENTS = ("channel", "position", "value")  # training.COMPONENTS, without importing it
 
 
 @contextlib.contextmanager
@@ -233,6 +248,496 @@ def sample_metrics(
 
 
 # ----------------------------------------------------------------------------------------------
+# Any images: the model's exact bits beside JPEG's and JPEG XL's for the same coefficients.
+
+JXL_EXTRA = "pip install 'dct-gen[jxl]'"  # installs jpeglib and imagecodecs
+PROGRESS_SECONDS = 1.0  # at most one progress line a second (and always the last)
+
+
+def image_files(pattern: str) -> list[str]:
+    """The files an `--images` argument names, sorted: a glob's matches, or a directory's files
+    (what the glob DIR/* matches). Folders among the matches are left out.
+
+    Raises:
+      InputError: nothing to score (the message names the pattern).
+    """
+    import glob
+
+    if os.path.isdir(pattern):
+        matches = glob.glob(os.path.join(glob.escape(pattern), "*"))
+        empty = "the directory holds no files"
+    else:
+        matches = glob.glob(os.path.expanduser(pattern))
+        empty = "matches no files"
+    files = sorted(p for p in matches if os.path.isfile(p))
+    if not files:
+        raise InputError(f"{pattern}: {empty}")
+    return files
+
+
+class EncodedImages(NamedTuple):
+    """Image files in a run's representation (`encode_images`).
+
+    encoded: {"file", "sequence" (a `representation.DCTSequence`), "source_height",
+      "source_width"} per image, in file order.
+    skipped: {"file", "reason" (a key of `images.REASONS`), "message" (names the file)} per
+      file that is not an image the codec takes.
+    pattern: the glob or directory the files came from (None: a list of paths).
+    """
+
+    encoded: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    pattern: str | None = None
+
+
+def encode_images(
+    images: str | Sequence[str], cfg, *, log: Callable[[str], None] | None = None
+) -> EncodedImages:
+    """Image files -> sequences in the representation `cfg`, as the dataset job encodes them
+    (`images.read_image`, `representation.encode`, `representation.check_triples`): resized to
+    its resolution, quantized at its quality, clipped to its clip.
+
+    Args:
+      images: a glob or a directory (`image_files`), or a list of file paths.
+      cfg: the run's `representation.DCTConfig`.
+      log: where each skipped file is reported as it is met (None: silent).
+
+    Raises:
+      InputError: no file, or no file that is an image (the message names the first and why).
+    """
+    from dct_gen import images as images_lib
+    from dct_gen import representation as rep
+
+    pattern = images if isinstance(images, str) else None
+    paths = image_files(images) if isinstance(images, str) else list(images)
+    if not paths:
+        raise InputError("no image files to score")
+    encoded, skipped = [], []
+    for path in paths:
+        try:
+            image = images_lib.read_image(path)
+        except images_lib.ImageError as e:
+            skipped.append({"file": path, "reason": e.reason, "message": str(e)})
+        else:
+            try:
+                seq = rep.encode(image, cfg)
+                rep.check_triples(seq.channels, seq.positions, seq.values, cfg)
+            except ValueError as e:
+                message = f"{path}: the codec refused the image: {e}"
+                skipped.append({"file": path, "reason": "encode_error", "message": message})
+            else:
+                height, width = image.shape[:2]
+                encoded.append(
+                    {"file": path, "sequence": seq, "source_height": height, "source_width": width}
+                )
+                continue
+        if log:
+            log(f"skipping {skipped[-1]['message']} ({skipped[-1]['reason']})")
+    if not encoded:
+        more = f" (and {len(skipped) - 1} other files)" if len(skipped) > 1 else ""
+        raise InputError(f"no image to score: {skipped[0]['message']}{more}")
+    return EncodedImages(encoded, skipped, pattern)
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def score_sequences(
+    run: run_dir.LoadedRun,
+    sequences: Sequence,
+    *,
+    batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, float]]:
+    """The exact negative log-likelihood of each sequence under the run's model, in nats.
+
+    Every chunk of every sequence, stop token included, is scored once, as the held-out
+    evaluation scores a split: the windows are `data.chunk_example`'s (after all luma for a
+    run trained on chroma targets), the step is `training.make_eval_step`'s.
+
+    Args:
+      run: from `dct_gen.run_dir.load_run`.
+      sequences: `representation.DCTSequence`s in the run's representation.
+      batch_size: chunks per step (default: the run's batch size); must split over the
+        strategy's replicas. The figures do not depend on it.
+      progress: called with a line (chunks and images done, rate, ETA) at most once a second
+        after the first step (which traces the model), and after the last.
+
+    Returns:
+      One {"channel_nats", "position_nats", "value_nats", "nats", "chunks"} per sequence.
+
+    Raises:
+      UsageError: batch_size does not split over the replicas.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from dct_gen import data, training
+
+    cfg = run.model_config.dct
+    chunk, overlap = run.train_config.chunk_size, run.train_config.overlap
+    batch_size = batch_size or run.train_config.batch_size
+    replicas = run.strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise UsageError(f"batch size {batch_size} does not split over {replicas} replicas")
+    chroma = run.train_config.target_part == "chroma"
+    bases = [int(np.sum(s.channels < cfg.channels_per_plane)) if chroma else 0 for s in sequences]
+    counts = [-(-(len(s) + 1 - b) // chunk) for s, b in zip(sequences, bases)]  # stop included
+
+    def items():
+        for i, (s, base, n) in enumerate(zip(sequences, bases, counts)):
+            yield {
+                "channels": np.append(s.channels, cfg.stop_token).astype(np.int32),
+                "positions": np.append(s.positions, 0).astype(np.int32),
+                "values": np.append(s.values, 0).astype(np.int32),
+                "height": np.int32(s.height),
+                "width": np.int32(s.width),
+                "label": np.int32(-1),
+                "sequence_index": np.int32(i),
+                "base": np.int32(base),
+                "num_chunks": np.int32(n),
+            }
+
+    vector = tf.TensorSpec([None], tf.int32)
+    scalar = tf.TensorSpec([], tf.int32)
+    signature = {k: vector for k in ("channels", "positions", "values")}
+    signature.update(
+        {k: scalar for k in ("height", "width", "label", "sequence_index", "base", "num_chunks")}
+    )
+    window = chunk + overlap
+    shapes = {k: [window] for k in ("channels", "positions", "values", "indices")}
+    shapes.update(loss_mask=[window], mask=[window])
+    shapes["dct_image"] = [cfg.grid, cfg.grid, 3 * cfg.channels_per_plane]
+
+    def chunks_of(seq):
+        def one(k):
+            k = tf.cast(k, tf.int32)
+            example = data.chunk_example(
+                seq, seq["base"] + k * chunk, k, seq["num_chunks"], cfg, chunk, overlap
+            )
+            return {name: tf.ensure_shape(t, shapes.get(name, [])) for name, t in example.items()}
+
+        return tf.data.Dataset.range(tf.cast(seq["num_chunks"], tf.int64)).map(one)
+
+    def pad(batch):
+        # A short last batch is padded to the full size (one traced step); `valid` marks it.
+        n = tf.shape(batch["channels"])[0]
+        out = {}
+        for name, t in batch.items():
+            padding = [[0, batch_size - n]] + [[0, 0]] * (len(t.shape) - 1)
+            out[name] = tf.ensure_shape(tf.pad(t, padding), [batch_size] + t.shape[1:])
+        out["valid"] = tf.ensure_shape(tf.range(batch_size) < n, [batch_size])
+        return out
+
+    ds = tf.data.Dataset.from_generator(items, output_signature=signature)
+    ds = ds.flat_map(chunks_of).batch(batch_size).map(pad).prefetch(2)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = run.strategy.experimental_distribute_dataset(ds.with_options(options))
+    eval_step = training.make_eval_step(run.strategy, run.model, cfg)
+
+    nats = np.zeros((len(sequences), len(training.COMPONENTS)))
+    scored = np.zeros(len(sequences), np.int64)
+    total, done = sum(counts), 0
+    start = time.perf_counter()
+    first_done = first_time = None  # after the first step (its tracing is left out of the rate)
+    last_report = 0.0
+    for batch in ds:
+        out = {k: v.numpy() for k, v in eval_step(batch).items()}
+        valid = np.flatnonzero(out["valid"])
+        index = out["sequence_index"][valid]
+        for j, c in enumerate(training.COMPONENTS):
+            np.add.at(nats[:, j], index, out[f"{c}_nats"][valid].astype(np.float64))
+        np.add.at(scored, index, 1)
+        done += len(valid)
+        now = time.perf_counter()
+        if first_time is None:
+            # The first step traces the model: the rate and ETA are measured after it.
+            first_done, first_time = done, now
+            last_report = now
+        if progress is not None and (
+            (done > first_done and now - last_report >= PROGRESS_SECONDS) or done == total
+        ):
+            last_report = now
+            if done > first_done:
+                rate = (done - first_done) / max(now - first_time, 1e-9)
+            else:
+                rate = done / max(now - start, 1e-9)
+            finished = int(np.sum(scored == np.asarray(counts)))
+            progress(
+                f"scored {done}/{total} chunks ({finished}/{len(sequences)} images), "
+                f"{rate:.1f} chunks/s, ETA {_format_seconds((total - done) / rate)}"
+            )
+    return [
+        {
+            **{f"{c}_nats": float(nats[i, j]) for j, c in enumerate(training.COMPONENTS)},
+            "nats": float(nats[i].sum()),
+            "chunks": int(scored[i]),
+        }
+        for i in range(len(sequences))
+    ]
+
+
+def baselines(cfg, target_part: str = "all") -> dict[str, dict[str, Any]]:
+    """Whether the JPEG and JPEG XL columns can be computed for a run, and why not.
+
+    Returns:
+      {"jpeg": {"available", "reason"}, "jxl": {"available", "reason"}}; reason is None when
+      available. JPEG needs block size 8, a run that scores whole images (target_part 'all')
+      and the `jpeglib` package; JPEG XL needs the JPEG file and `imagecodecs` built with
+      JPEG XL.
+    """
+    import importlib.util
+
+    from dct_gen import jpeg_baseline
+
+    jpeg = None
+    if target_part != "all":
+        jpeg = (
+            f"the run scores the chroma given the luma (target_part={target_part!r}); JPEG "
+            "codes the whole image"
+        )
+    elif cfg.block_size != jpeg_baseline.JPEG_BLOCK_SIZE:
+        jpeg = (
+            f"the run's block size is {cfg.block_size}; JPEG's DCT block is "
+            f"{jpeg_baseline.JPEG_BLOCK_SIZE}"
+        )
+    elif importlib.util.find_spec("jpeglib") is None:
+        jpeg = f"the jpeglib package is not installed ({JXL_EXTRA})"
+    jxl = None
+    if jpeg is not None:
+        jxl = "it recompresses the JPEG file, and " + jpeg
+    else:
+        try:
+            import imagecodecs
+        except ImportError:
+            jxl = f"the imagecodecs package is not installed ({JXL_EXTRA})"
+        else:
+            codec = getattr(imagecodecs, "JPEGXL", None)
+            if not getattr(codec, "available", False):
+                jxl = f"imagecodecs {imagecodecs.__version__} was built without JPEG XL"
+    return {
+        "jpeg": {"available": jpeg is None, "reason": jpeg},
+        "jxl": {"available": jxl is None, "reason": jxl},
+    }
+
+
+def baseline_bits(seq, cfg, *, jxl: bool) -> dict[str, Any]:
+    """JPEG's and JPEG XL's bits for one sequence's coefficients.
+
+    jpeg_bits: the entropy-coded scan of a baseline JPEG with optimized Huffman tables holding
+    exactly these coefficients (`jpeg_baseline.jpeg_bits`, the demo's "bits against JPEG");
+    jpeg_file_bits: that whole file; jxl_bits (when `jxl`): the whole file
+    `imagecodecs.jpegxl_encode_jpeg` makes of it (JPEG XL's lossless recompression).
+
+    Raises:
+      ValueError: coefficients baseline JPEG cannot hold (see `jpeg_baseline`).
+    """
+    from dct_gen import jpeg_baseline
+
+    jpeg = jpeg_baseline.jpeg_bits(seq, cfg, return_bytes=True)
+    out = {
+        "jpeg_bits": int(jpeg["entropy_bits"]),
+        "jpeg_file_bits": int(jpeg["file_bits"]),
+        "jxl_bits": None,
+        "libjpeg": jpeg["libjpeg"],
+    }
+    if jxl:
+        import imagecodecs
+
+        out["jxl_bits"] = 8 * len(imagecodecs.jpegxl_encode_jpeg(jpeg["jpeg"]))
+    return out
+
+
+BASELINE_COLUMNS = ("jpeg", "jpeg_file", "jxl")
+
+
+def score_images(
+    run: run_dir.LoadedRun,
+    images: str | Sequence[str] | EncodedImages,
+    *,
+    batch_size: int | None = None,
+    log: Callable[[str], None] | None = print,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Exact bits per subpixel of any image files under the run's model, per image and in
+    total, with channel, position and value, beside JPEG and JPEG XL on the same coefficients.
+
+    Each file is read and encoded as the dataset job does (`encode_images`: resized to the
+    run's resolution, quantized at its quality); files that are not images the codec takes
+    are skipped and listed with their reason. The model's bits are its log-likelihood of the
+    whole sequence, stop token included (`score_sequences`, the held-out evaluation's own
+    step), over 3 x height x width of the resized image.
+
+    Args:
+      run: from `dct_gen.run_dir.load_run`.
+      images: a glob or a directory (`image_files`), a list of file paths, or what
+        `encode_images` made of them for this run's representation.
+      batch_size: chunks per step (default: the run's).
+      log: where the skipped files are reported (None: silent).
+      progress: progress lines (see `score_sequences`).
+
+    Returns:
+      The "images" section of evaluation.json (docs/evaluation.md lists its fields).
+
+    Raises:
+      InputError: no file, or no file that is an image (the message names the first and why).
+      UsageError: batch_size does not split over the replicas.
+    """
+    import numpy as np
+
+    from dct_gen import representation as rep
+
+    cfg = run.model_config.dct
+    start = time.perf_counter()
+    if not isinstance(images, EncodedImages):
+        images = encode_images(images, cfg, log=log)
+    encoded, skipped, pattern = images
+    scores = score_sequences(
+        run, [e["sequence"] for e in encoded], batch_size=batch_size, progress=progress
+    )
+    available = baselines(cfg, run.train_config.target_part)
+    libjpeg = None
+    per_image = []
+    for item, score in zip(encoded, scores):
+        seq = item["sequence"]
+        subpixels = rep.num_subpixels(seq.height, seq.width)
+        row: dict[str, Any] = {
+            "file": item["file"],
+            "height": int(seq.height),
+            "width": int(seq.width),
+            "source_height": int(item["source_height"]),
+            "source_width": int(item["source_width"]),
+            "subpixels": int(subpixels),
+            "triples": len(seq),
+            "clipped": int(seq.num_clipped),
+            "chunks": score["chunks"],
+            "bits": score["nats"] / math.log(2.0),
+        }
+        row["bits_per_subpixel"] = row["bits"] / subpixels
+        for c in COMPONENTS:
+            row[f"{c}_bits"] = score[f"{c}_nats"] / math.log(2.0)
+            row[f"{c}_bits_per_subpixel"] = row[f"{c}_bits"] / subpixels
+        bits = {f"{name}_bits": None for name in BASELINE_COLUMNS}
+        row["baseline_error"] = None
+        if available["jpeg"]["available"]:
+            try:
+                bits = baseline_bits(seq, cfg, jxl=available["jxl"]["available"])
+                libjpeg = bits.pop("libjpeg")
+            except ValueError as e:  # coefficients baseline JPEG cannot code
+                row["baseline_error"] = str(e)
+        for name in BASELINE_COLUMNS:
+            value = bits[f"{name}_bits"]
+            row[f"{name}_bits"] = value
+            row[f"{name}_bits_per_subpixel"] = None if value is None else value / subpixels
+        per_image.append(row)
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in per_image]
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    def pooled(key: str) -> float | None:
+        values = [r[key] for r in per_image]
+        if any(v is None for v in values):
+            return None
+        return float(sum(values)) / sum(r["subpixels"] for r in per_image)
+
+    section: dict[str, Any] = {
+        "pattern": pattern,
+        "num_images": len(per_image),
+        "num_skipped": len(skipped),
+        "target_part": run.train_config.target_part,
+        "subpixels": sum(r["subpixels"] for r in per_image),
+        "bits_per_subpixel": mean("bits_per_subpixel"),
+        **{f"{c}_bits_per_subpixel": mean(f"{c}_bits_per_subpixel") for c in COMPONENTS},
+        "bits_per_subpixel_pooled": pooled("bits"),
+    }
+    for c in COMPONENTS:
+        section[f"{c}_bits_per_subpixel_pooled"] = pooled(f"{c}_bits")
+    for name in BASELINE_COLUMNS:
+        section[f"{name}_bits_per_subpixel"] = mean(f"{name}_bits_per_subpixel")
+        section[f"{name}_bits_per_subpixel_pooled"] = pooled(f"{name}_bits")
+    for name in ("jpeg", "jxl"):
+        other = section[f"{name}_bits_per_subpixel"]
+        section[f"saving_vs_{name}"] = (
+            None if other is None else 1.0 - section["bits_per_subpixel"] / other
+        )
+    notes = {name: dict(value) for name, value in available.items()}
+    failed = [r for r in per_image if r["baseline_error"]]
+    if failed:
+        for name in notes:
+            notes[name].update(
+                available=False,
+                reason=f"baseline JPEG cannot code {len(failed)} of the images "
+                f"({failed[0]['file']}: {failed[0]['baseline_error']})",
+            )
+    notes["jpeg"]["libjpeg"] = libjpeg
+    if notes["jxl"]["available"]:
+        import imagecodecs
+
+        notes["jxl"]["imagecodecs"] = imagecodecs.__version__
+    section["baselines"] = notes
+    section["per_image"] = per_image
+    section["skipped"] = skipped
+    section["seconds"] = time.perf_counter() - start
+    return section
+
+
+def images_table(section: dict[str, Any]) -> str:
+    """The "images" section as a table for people: a row per image, the mean over images, the
+    pooled figure (summed bits over summed subpixels), why a column is missing, and the skipped
+    files."""
+    files = [r["file"] for r in section["per_image"]]
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    names = [os.path.relpath(os.path.abspath(f), common) for f in files]
+    head = ("image", "size", "bits", "channel", "position", "value")
+    head += ("JPEG scan", "JPEG file", "JXL file", "saved")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    pct = lambda v: "-" if v is None else f"{100 * v:+.1f}%"  # noqa: E731
+
+    def cells(name, size, r, saving):
+        return (
+            name,
+            size,
+            fmt(r["bits_per_subpixel"]),
+            *(fmt(r[f"{c}_bits_per_subpixel"]) for c in COMPONENTS),
+            fmt(r["jpeg_bits_per_subpixel"]),
+            fmt(r["jpeg_file_bits_per_subpixel"]),
+            fmt(r["jxl_bits_per_subpixel"]),
+            pct(saving),
+        )
+
+    rows = []
+    for name, r in zip(names, section["per_image"]):
+        jpeg = r["jpeg_bits_per_subpixel"]
+        saving = None if jpeg is None else 1.0 - r["bits_per_subpixel"] / jpeg
+        rows.append(cells(name, f"{r['height']}x{r['width']}", r, saving))
+    rows.append(cells(f"mean of {section['num_images']}", "", section, section["saving_vs_jpeg"]))
+    pooled = {key: section[f"{key}_pooled"] for key in section if f"{key}_pooled" in section}
+    jpeg = pooled["jpeg_bits_per_subpixel"]
+    saving = None if jpeg is None else 1.0 - pooled["bits_per_subpixel"] / jpeg
+    rows.append(cells("pooled", "", pooled, saving))
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    line = lambda row: "  ".join(  # noqa: E731
+        str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
+        for i, (cell, w) in enumerate(zip(row, widths))
+    )
+    out = [
+        "bits per subpixel; JPEG: the same coefficients (scan, whole file); JXL: that JPEG "
+        "recompressed; saved: 1 - bits / JPEG scan"
+    ]
+    out += [line(head), *(line(row) for row in rows)]
+    for name in ("jpeg", "jxl"):
+        note = section["baselines"][name]
+        if not note["available"]:
+            out.append(f"{'JPEG' if name == 'jpeg' else 'JPEG XL'}: - because {note['reason']}")
+    for item in section["skipped"]:
+        out.append(f"skipped {item['message']} ({item['reason']})")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
 # Outputs.
 
 
@@ -263,6 +768,34 @@ def _previous(out: str, model_dir: str) -> dict[str, Any]:
 # The whole evaluation.
 
 
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def check_unlocked(
+    model_dir: str, *, out: str | None = None, summaries: bool = False, paths: Sequence[str] = ()
+) -> None:
+    """Refuses to write into a run directory that another live process (a training run) holds.
+
+    Args:
+      model_dir: the run directory.
+      out: the JSON output (None: MODEL_DIR/evaluation.json).
+      summaries: whether TensorBoard scalars (and caches) go under MODEL_DIR/evaluate/.
+      paths: other paths the evaluation writes (the --generate folder).
+
+    Raises:
+      run_dir.RunLockedError: the evaluation would write into model_dir and another live
+        process holds its lock (the message names the holder and what would be written).
+    """
+    out = out or os.path.join(model_dir, DEFAULT_OUT)
+    writes = [os.path.relpath(p, model_dir) for p in (out, *paths) if _inside(p, model_dir)]
+    if summaries:
+        writes.append(f"TensorBoard scalars under {SUMMARY_DIR}/")
+    if writes:
+        run_dir.check_unlocked(model_dir, f"evaluation would write {' and '.join(writes)} there")
+
+
 def run_evaluation(
     *,
     model_dir: str,
@@ -271,6 +804,7 @@ def run_evaluation(
     batch_size: int | None = None,
     max_batches: int | None = None,
     checkpoint: int | None = None,
+    images: str | Sequence[str] | None = None,
     samples_dir: str | None = None,
     num_samples: int = DEFAULT_NUM_SAMPLES,
     reference_data_dir: str | None = None,
@@ -284,6 +818,7 @@ def run_evaluation(
     out: str | None = None,
     strategy=None,
     log: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluates a run; writes the JSON and TensorBoard outputs; returns the JSON's content.
 
@@ -291,7 +826,11 @@ def run_evaluation(
       model_dir: the run directory.
       data_dir: a held-out dataset: bits per subpixel are computed when given.
       split: its split (None: `default_split(model_dir)`).
-      batch_size, max_batches, checkpoint: see `likelihood` and `run_dir.load_run`.
+      batch_size, max_batches, checkpoint: see `likelihood` and `run_dir.load_run`
+        (batch_size also sets the chunks per step of `images`).
+      images: image files (a glob, a directory or a list of paths): their bits per subpixel
+        beside JPEG's and JPEG XL's (`score_images`), the "images" section, are computed when
+        given; the table (`images_table`) goes to `log`.
       samples_dir: a folder of generated images: sample metrics are computed when given.
       num_samples: images of samples_dir used (the paper: 50k).
       reference_data_dir, reference_split, num_reference: the training set the samples are
@@ -303,26 +842,37 @@ def run_evaluation(
       feature_batch_size: images per feature-extractor call.
       k: the neighbour of precision and recall.
       out: the JSON path (default MODEL_DIR/evaluation.json).
-      strategy: the tf.distribute strategy of the likelihood evaluation (None: the default).
-      log: where progress lines go.
+      strategy: the tf.distribute strategy of the model (None: the default).
+      log: where notes, results and the images table go.
+      progress: where the images' progress lines go (None: nowhere).
 
     Raises:
       UsageError: nothing to evaluate, or sample metrics without a reference dataset.
-      InputError: a missing run, dataset, split, folder or weights file, too few images, or
-        data that does not read (see `run_dir.load_run`, `likelihood`, `sample_metrics`).
+      InputError: a missing run, dataset, split, folder or weights file, too few images, no
+        image among `images`, or data that does not read (see `run_dir.load_run`,
+        `likelihood`, `sample_metrics`, `score_images`).
+      run_dir.RunLockedError: the evaluation would write into model_dir (the default `out`,
+        TensorBoard scalars) while another live process, a training run, holds it.
     """
     import tensorflow as tf
 
     if not tf.io.gfile.isdir(model_dir):
         raise InputError(f"run directory {model_dir} does not exist")
-    if data_dir is None and samples_dir is None:
+    if data_dir is None and samples_dir is None and images is None:
         raise UsageError(
-            "nothing to evaluate: give a held-out dataset (bits per subpixel) and/or a folder "
-            "of samples (FID, sFID, precision, recall)"
+            "nothing to evaluate: give a held-out dataset (bits per subpixel), image files "
+            "(their bits beside JPEG's) and/or a folder of samples (FID, sFID, precision, recall)"
         )
     out = out or os.path.join(model_dir, DEFAULT_OUT)
+    # Before anything long: a live training run in model_dir keeps it to itself.
+    check_unlocked(model_dir, out=out, summaries=data_dir is not None or samples_dir is not None)
     reference_data_dir = reference_data_dir or data_dir
     num_reference = num_reference or num_samples
+    encoded = None
+    if images is not None:
+        # Read and encoded before the model loads: a folder without images fails at once.
+        cfg = run_dir.read_run_config(model_dir)[0].dct
+        encoded = encode_images(images, cfg, log=log)
     if samples_dir is not None:
         from dct_gen import metrics
 
@@ -350,10 +900,12 @@ def run_evaluation(
     result = _previous(out, model_dir)
     result["model_dir"] = model_dir
     step = None
-    if data_dir is not None:
-        split = split or default_split(model_dir)
+    run = None
+    if data_dir is not None or encoded is not None:
         run = run_dir.load_run(model_dir, checkpoint=checkpoint, strategy=strategy, log=log)
         step = run.step
+    if data_dir is not None:
+        split = split or default_split(model_dir)
         start = time.perf_counter()
         values = likelihood(
             run, data_dir=data_dir, split=split, batch_size=batch_size, max_batches=max_batches
@@ -372,6 +924,15 @@ def run_evaluation(
             **values,
         }
         write_summaries(os.path.join(model_dir, SUMMARY_DIR, split), run.step, values)
+    if encoded is not None:
+        section = score_images(run, encoded, batch_size=batch_size, log=log, progress=progress)
+        result["images"] = {
+            "step": run.step,
+            "checkpoint": run.checkpoint,
+            "batch_size": batch_size or run.train_config.batch_size,
+            **section,
+        }
+        log(images_table(section))
     if samples_dir is not None:
         if step is None:
             steps = run_dir.checkpoint_steps(model_dir)

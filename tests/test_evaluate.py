@@ -255,3 +255,277 @@ def test_generated_samples_feed_the_sample_metrics(run_copy, test_data_dir, tmp_
         log=lambda _: None,
     )
     assert result["samples"]["num_samples"] == 5 and np.isfinite(result["samples"]["fid"])
+
+
+# ----------------------------------------------------------------------------------------------
+# --images: anyone's photos, beside JPEG and JPEG XL.
+
+IMAGE_PHOTOS = ("chelsea.png", "coffee.png")
+B8 = "dct_config.block_size = 8"  # the test config at JPEG's block size
+
+
+def _photo_dir(directory, names=IMAGE_PHOTOS, junk=True):
+    """A folder of bundled photos (and a file that is not an image, to be skipped)."""
+    os.makedirs(directory, exist_ok=True)
+    by_name = {os.path.basename(p): p for p in photos.color_photo_paths()}
+    for name in names:
+        shutil.copy(by_name[name], os.path.join(directory, name))
+    if junk:
+        with open(os.path.join(directory, "notes.png"), "wb") as f:
+            f.write(b"not an image")
+    return str(directory)
+
+
+def _random_run(model_dir, test_configs, *bindings, checkpoint=True):
+    """A run directory of the test config (with bindings) holding untrained weights (ReZero
+    scalars non-zero, so every block acts): exact likelihoods and the baselines need no
+    training. Without `checkpoint`, config.json alone."""
+    from testing_helpers import build
+
+    configs = test_configs(*bindings)
+    os.makedirs(model_dir)
+    run_dir.save_run_config(model_dir, configs["model_config"], configs["train_config"])
+    if checkpoint:
+        model = build(configs["model_config"])
+        prefix = os.path.join(model_dir, run_dir.CHECKPOINT_DIR, "ckpt")
+        run_dir.model_checkpoint(model).save(prefix)
+    return str(model_dir)
+
+
+def _model_nats(run, seq):
+    """An independent log-likelihood of one sequence, in nats per component: the windows built
+    in numpy (`testing_helpers.real_window`, the codec's own DCT image of each prefix), the
+    Keras model called eagerly, and the cross-entropies taken from its logits here."""
+    from testing_helpers import real_window, stack_windows
+
+    from dct_gen import model as model_lib
+
+    cfg, tc = run.model_config.dct, run.train_config
+    assert tc.target_part == "all"
+    starts = range(0, len(seq) + 1, tc.chunk_size)  # the stop token ends the sequence
+    batch = stack_windows([real_window(seq, cfg, s, tc.chunk_size, tc.overlap) for s in starts])
+    logits = model_lib.forward(run.model, batch)
+    targets = {
+        "channel": batch["channels"],
+        "position": batch["positions"],
+        "value": batch["values"] + cfg.clip,
+    }
+    weight = {"channel": batch["loss_mask"]}
+    weight["position"] = weight["value"] = batch["loss_mask"] * (
+        batch["channels"] != cfg.stop_token
+    )
+    out = {}
+    for c in COMPONENTS:
+        z = np.asarray(logits[c], np.float64)
+        log_softmax = z - z.max(-1, keepdims=True)
+        log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+        picked = np.take_along_axis(log_softmax, targets[c][..., None], -1)[..., 0]
+        out[c] = float(-(picked * weight[c]).sum())
+    return out
+
+
+def test_images_bits_equal_log_prob_and_the_baselines_those_of_the_same_coefficients(
+    test_configs, tmp_path, capsys
+):
+    """--images on bundled photos (block size 8): each photo's bits equal an independent
+    log-likelihood of the sequence the codec makes of it; the JPEG column is jpeg_baseline's
+    optimized scan of those coefficients, the JXL column the size of imagecodecs' recompression
+    of that JPEG file; a file that is not an image is skipped and listed; a table on stdout,
+    progress with a rate and an ETA on stderr; a directory is taken as its files."""
+    from dct_gen import demo, jpeg_baseline
+    from dct_gen import images as images_lib
+    from dct_gen import representation as rep
+
+    model_dir = _random_run(tmp_path / "run", test_configs, B8)
+    folder = _photo_dir(tmp_path / "photos")
+    assert evaluation.image_files(folder) == evaluation.image_files(f"{folder}/*")
+    out = str(tmp_path / "images.json")
+    assert evaluate.main([f"--model_dir={model_dir}", f"--images={folder}/*", f"--out={out}"]) == 0
+    captured = capsys.readouterr()
+    with open(out) as f:
+        written = json.load(f)
+    assert sorted(written) == ["images", "model_dir"]
+    got = written["images"]
+    assert (got["step"], got["num_images"], got["num_skipped"]) == (1, 2, 1)
+    assert got["pattern"] == f"{folder}/*" and got["target_part"] == "all"
+    rows = got["per_image"]
+    assert [os.path.basename(r["file"]) for r in rows] == list(IMAGE_PHOTOS)
+    (skipped,) = got["skipped"]
+    assert skipped["file"].endswith("notes.png") and skipped["reason"] == "not_an_image"
+    try:
+        import imagecodecs
+    except ImportError:
+        imagecodecs = None
+
+    run = run_dir.load_run(model_dir, log=lambda _: None)
+    cfg = run.model_config.dct
+    for row in rows:
+        seq = rep.encode(images_lib.read_image(row["file"]), cfg)
+        assert (row["height"], row["width"], row["triples"]) == (seq.height, seq.width, len(seq))
+        assert max(row["height"], row["width"]) == cfg.resolution
+        subpixels = 3 * seq.height * seq.width
+        want = _model_nats(run, seq)
+        for c in COMPONENTS:
+            bits = want[c] / np.log(2) / subpixels
+            assert row[f"{c}_bits_per_subpixel"] == pytest.approx(bits, rel=1e-4), c
+        total = sum(want.values()) / np.log(2)
+        assert row["bits"] == pytest.approx(total, rel=1e-4)
+        assert row["bits_per_subpixel"] == pytest.approx(total / subpixels, rel=1e-4)
+        jpeg = jpeg_baseline.jpeg_bits(seq, cfg, return_bytes=True)
+        assert row["jpeg_bits_per_subpixel"] == jpeg["bits_per_subpixel"]
+        assert (row["jpeg_bits"], row["jpeg_file_bits"]) == (
+            jpeg["entropy_bits"],
+            jpeg["file_bits"],
+        )
+        if imagecodecs is None:
+            assert row["jxl_bits"] is None
+        else:
+            assert row["jxl_bits"] == 8 * len(imagecodecs.jpegxl_encode_jpeg(jpeg["jpeg"]))
+            assert row["jxl_bits_per_subpixel"] == row["jxl_bits"] / subpixels
+    mean = lambda key: np.mean([r[key] for r in rows])  # noqa: E731
+    assert got["bits_per_subpixel"] == pytest.approx(mean("bits_per_subpixel"))
+    pooled = sum(r["bits"] for r in rows) / sum(r["subpixels"] for r in rows)
+    assert got["bits_per_subpixel_pooled"] == pytest.approx(pooled)
+    assert got["jpeg_bits_per_subpixel"] == pytest.approx(mean("jpeg_bits_per_subpixel"))
+    jpeg_mean = mean("jpeg_bits_per_subpixel")
+    assert got["saving_vs_jpeg"] == pytest.approx(1 - got["bits_per_subpixel"] / jpeg_mean)
+    assert got["baselines"]["jpeg"]["available"]
+    assert got["baselines"]["jxl"]["available"] == (imagecodecs is not None)
+    if imagecodecs is None:
+        assert "imagecodecs" in got["baselines"]["jxl"]["reason"]
+    else:
+        jxl_mean = mean("jxl_bits_per_subpixel")
+        assert got["saving_vs_jxl"] == pytest.approx(1 - got["bits_per_subpixel"] / jxl_mean)
+
+    table = captured.out
+    for name, row in zip(IMAGE_PHOTOS, rows):
+        line = next(t for t in table.splitlines() if t.startswith(name + " "))
+        assert f"{row['bits_per_subpixel']:.4f}" in line
+        assert f"{row['jpeg_bits_per_subpixel']:.4f}" in line
+        if imagecodecs is not None:
+            assert f"{row['jxl_bits_per_subpixel']:.4f}" in line
+    assert "mean of 2" in table and "pooled" in table and "skipped " in table
+    assert "chunks/s" in captured.err and "ETA" in captured.err
+    # The demo's headline reads the same section.
+    line = demo.headline({"images": got})
+    assert f"{got['jpeg_bits_per_subpixel']:.4f}" in line
+    assert f"{got['bits_per_subpixel']:.4f}" in line
+
+
+def test_baselines_say_why_a_column_is_missing(test_configs):
+    """JPEG's column needs block size 8 and whole images; JPEG XL's also needs the JPEG."""
+    configs = test_configs()
+    cfg = configs["dct_config"]  # block size 4
+    notes = evaluation.baselines(cfg)
+    assert not notes["jpeg"]["available"] and "block size is 4" in notes["jpeg"]["reason"]
+    assert not notes["jxl"]["available"] and "block size is 4" in notes["jxl"]["reason"]
+    b8 = test_configs(B8)["dct_config"]
+    notes = evaluation.baselines(b8, target_part="chroma")
+    assert not notes["jpeg"]["available"] and "target_part='chroma'" in notes["jpeg"]["reason"]
+    assert evaluation.baselines(b8)["jpeg"] == {"available": True, "reason": None}
+
+
+@pytest.mark.slow
+def test_the_demo_and_the_command_write_one_schema(run_copy, test_data_dir, tmp_path, monkeypatch):
+    """The demo's evaluation step writes what `python -m dct_gen.evaluate` writes for the same
+    trained run, split and photos: the same sections, fields and figures. The photos are the
+    files the split was built from, so their bits equal the split's held-out evaluation."""
+    from dct_gen import demo
+
+    out_dir = os.path.dirname(run_copy)  # the demo's layout: OUT/run, OUT/data, OUT/images/test
+    data = os.path.join(out_dir, "data")
+    os.symlink(test_data_dir, data)
+    folder = os.path.join(out_dir, "images", "test")
+    # The file the split "one" was made from (conftest's TEST_SPLITS: one crop, seed 5).
+    photos.write_crops(folder, 1, seed=5)
+    monkeypatch.setattr(demo, "HELD_OUT_SPLIT", "one")
+    assert demo.step_evaluate(out_dir) == [os.path.join(out_dir, "evaluation.json")]
+    with open(os.path.join(out_dir, "evaluation.json")) as f:
+        from_demo = json.load(f)
+    out = str(tmp_path / "command.json")
+    args = [f"--model_dir={run_copy}", f"--data_dir={data}", "--split=one", f"--images={folder}"]
+    assert evaluate.main([*args, f"--out={out}"]) == 0
+    with open(out) as f:
+        from_command = json.load(f)
+
+    def shape(value):
+        if isinstance(value, dict):
+            return {k: shape(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shape(v) for v in value]
+        return type(value).__name__
+
+    assert sorted(from_demo) == ["images", "likelihood", "model_dir"]
+    assert shape(from_demo) == shape(from_command)
+    for section in ("likelihood", "images"):
+        from_demo[section].pop("seconds", None)
+        from_command[section].pop("seconds", None)
+    assert from_demo == from_command
+    images, likelihood = from_demo["images"], from_demo["likelihood"]
+    assert (images["num_images"], likelihood["sequences"]) == (1, 1)
+    for name in ("bits_per_subpixel", *(f"{c}_bits_per_subpixel" for c in COMPONENTS)):
+        assert images[name] == pytest.approx(likelihood[name], rel=1e-5), name
+
+
+def test_images_bad_input_is_one_line(test_configs, tmp_path, capsys):
+    """No file, an empty folder, no image among the files: one line naming the flag or the
+    file, before the model loads."""
+    model_dir = _random_run(tmp_path / "run", test_configs, checkpoint=False)
+    run = f"--model_dir={model_dir}"
+    status, err = _main(capsys, run, f"--images={tmp_path}/none*.png")
+    assert status == 1 and f"--images={tmp_path}/none*.png: matches no files" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, err = _main(capsys, run, f"--images={empty}")
+    assert status == 1 and f"--images={empty}: the directory holds no files" in err
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"")
+    (junk / "b.png").write_bytes(b"not an image")
+    # Refused before the model loads: this run has no checkpoint, which would be named then.
+    status, err = _main(capsys, run, f"--images={junk}/*")
+    assert status == 1 and f"no image to score: {junk}/a.jpg: " in err
+    assert "(and 1 other files)" in err
+    status, err = _main(capsys, run)
+    assert status == 2 and "nothing to evaluate" in err and "--images" in err
+    assert not os.path.exists(os.path.join(model_dir, evaluation.DEFAULT_OUT))
+
+
+def test_evaluation_does_not_write_into_a_run_that_a_training_holds(
+    test_configs, test_data_dir, tmp_path, capsys
+):
+    """While another live process holds the run's lock, an evaluation that would write into the
+    run (its default --out, TensorBoard scalars) stops with one line naming the holder, before
+    anything loads; one that writes elsewhere may run."""
+    import subprocess
+    import sys
+
+    model_dir = _random_run(tmp_path / "run", test_configs, checkpoint=False)
+    folder = _photo_dir(tmp_path / "photos", IMAGE_PHOTOS[:1], junk=False)
+    holder = (
+        "import sys, time\nfrom dct_gen import run_dir\n"
+        "with run_dir.RunLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", holder, model_dir], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        run, images = f"--model_dir={model_dir}", f"--images={folder}"
+        status, err = _main(capsys, run, images)
+        assert status == 1 and f"pid {child.pid}" in err
+        assert f"evaluation would write {evaluation.DEFAULT_OUT} there" in err
+        elsewhere = str(tmp_path / "out.json")
+        status, err = _main(capsys, run, f"--out={elsewhere}", f"--data_dir={test_data_dir}")
+        assert status == 1 and f"pid {child.pid}" in err
+        assert f"TensorBoard scalars under {evaluation.SUMMARY_DIR}/" in err
+        inside = os.path.join(model_dir, "sub", "x.json")
+        status, err = _main(capsys, run, images, f"--out={inside}")
+        assert status == 1 and "evaluation would write sub/x.json there" in err
+        # Image files scored into a JSON elsewhere write nothing into the run: allowed.
+        evaluation.check_unlocked(model_dir, out=elsewhere, summaries=False)
+        assert sorted(os.listdir(model_dir)) == [run_dir.LOCK_FILE, run_dir.RUN_CONFIG_FILE]
+    finally:
+        child.kill()
+        child.wait()
