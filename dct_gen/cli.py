@@ -65,11 +65,12 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str], prog: str) -> list
     Raises:
       UsageError: a flag absl cannot parse (unknown, bad value); the message names it.
     """
-    # Only a second parse needs the reset. unparse_flags() logs through the root logger, and
-    # that first log call would install Python's default stderr handler in every entry point
-    # (library warnings would then print as `WARNING:name:msg`).
-    if flag_values.is_parsed():
-        flag_values.unparse_flags()
+    # Every flag back to its default (a parse in the same process, even one that failed half
+    # way, leaves values behind). Flag by flag rather than unparse_flags(), which logs through
+    # the root logger: that first log call would install Python's default stderr handler in
+    # every entry point, and library warnings would then print as `WARNING:name:msg`.
+    for name in list(flag_values):
+        flag_values[name].unparse()
     try:
         rest = flag_values([prog, *argv])
     except flags.Error as e:
