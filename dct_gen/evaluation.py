@@ -856,6 +856,8 @@ def run_evaluation(
     """
     import tensorflow as tf
 
+    from dct_gen import training
+
     if not tf.io.gfile.isdir(model_dir):
         raise InputError(f"run directory {model_dir} does not exist")
     if data_dir is None and samples_dir is None and images is None:
@@ -923,7 +925,12 @@ def run_evaluation(
             "batch_size": batch_size or run.train_config.batch_size,
             **values,
         }
-        write_summaries(os.path.join(model_dir, SUMMARY_DIR, split), run.step, values)
+        # The run's own eval/ tags (grouped scalars and the bits-per-chunk picture), so the two
+        # overlay in TensorBoard.
+        writer = tf.summary.create_file_writer(os.path.join(model_dir, SUMMARY_DIR, split))
+        with writer.as_default(step=run.step):
+            training.write_eval_summaries(values, run.step, split)
+        writer.close()
     if encoded is not None:
         section = score_images(run, encoded, batch_size=batch_size, log=log, progress=progress)
         result["images"] = {

@@ -2,7 +2,12 @@
 
 - `save_png`: writes an array or image, creating the folder; errors name the file.
 - `heatmap`: where a sequence placed its triples, per block (paper Figure 1, right).
-- `grid`, `enlarge`, `panel`: tiling and scaling samples for viewing.
+- `grid`, `enlarge`, `panel`: tiling and scaling samples for viewing. Grid cells keep each
+  image's own size and aspect: every column is as wide as its widest image, every row as tall
+  as its tallest, and a smaller image sits centred on a neutral grey (CELL_BACKGROUND), so a
+  non-square sample shows its real shape. Optional captions go under each cell.
+- `captioned`, `sample_caption`: one image with text beneath; the caption lines of a sample
+  (label, seed, temperature, top-p, guidance, checkpoint step).
 - `progressive_points`, `progressive_strip`: decoded prefixes side by side (Figure 2g).
 - `font`: Pillow's default font at a size, for labels.
 
@@ -67,31 +72,141 @@ def heatmap(seq: rep.DCTSequence, cfg: rep.DCTConfig, size: int | None = None) -
     return rgb
 
 
-def grid(images: Sequence[np.ndarray], columns: int | None = None, margin: int = 4) -> np.ndarray:
-    """Tiles uint8 RGB images (any sizes) row by row on white; cells take the largest size.
+CELL_BACKGROUND = (224, 224, 224)  # around an image smaller than its cell: neutral, not white
+CAPTION_FONT_SIZE = 12
+
+
+def grid(
+    images: Sequence[np.ndarray],
+    columns: int | None = None,
+    margin: int = 4,
+    captions: Sequence[Sequence[str]] | None = None,
+) -> np.ndarray:
+    """Tiles uint8 RGB images (any sizes) row by row on white, each at its own size.
+
+    Every column is as wide as its widest image (or caption line), every row as tall as its
+    tallest image; an image smaller than its cell is centred on CELL_BACKGROUND, so its own
+    shape stays visible (never stretched, never padded to a square of white). With captions,
+    each cell gets its lines beneath, centred, in black on white.
 
     Args:
-      images: HxWx3 (or HxWx4: alpha dropped) uint8 arrays.
+      images: HxWx3 (or HxWx4: alpha dropped, or HxW grey) uint8 arrays.
       columns: images per row; None: the smallest square that holds them.
       margin: white pixels around and between the cells.
+      captions: one list of text lines per image (an empty list: none for that image); None:
+        no captions.
 
     Raises:
-      ValueError: no images.
+      ValueError: no images, or not one caption per image.
     """
-    if not images:
+    if not len(images):
         raise ValueError("grid: no images")
-    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"grid: {len(captions)} captions for {len(images)} images")
+    images = [_rgb(im) for im in images]
+    columns = max(1, min(columns or int(np.ceil(np.sqrt(len(images)))), len(images)))
     rows = -(-len(images) // columns)
-    ch = max(im.shape[0] for im in images)
-    cw = max(im.shape[1] for im in images)
-    out = np.full(
-        (rows * ch + (rows + 1) * margin, columns * cw + (columns + 1) * margin, 3), 255, np.uint8
-    )
+    text_font = font(CAPTION_FONT_SIZE)
+    line_h = text_font.getbbox("Ag")[3] + 4  # also the bitmap font's (it has no metrics)
+    lines = [[str(t) for t in c] for c in captions] if captions is not None else None
+    # Each cell's size: the image, and its caption's widest line and number of lines.
+    widths = [im.shape[1] for im in images]
+    if lines is not None:
+        widths = [
+            max([w] + [int(np.ceil(text_font.getlength(t))) + 2 for t in ls])
+            for w, ls in zip(widths, lines)
+        ]
+    col_w = [max(widths[c::columns]) for c in range(columns)]
+    row_h, cap_h = [], []
+    for r in range(rows):
+        cells = range(r * columns, min((r + 1) * columns, len(images)))
+        row_h.append(max(images[i].shape[0] for i in cells))
+        n_lines = max(len(lines[i]) for i in cells) if lines is not None else 0
+        cap_h.append(n_lines * line_h + (2 if n_lines else 0))
+    xs = np.cumsum([margin] + [w + margin for w in col_w])
+    ys = np.cumsum([margin] + [h + c + margin for h, c in zip(row_h, cap_h)])
+    out = np.full((ys[-1], xs[-1], 3), 255, np.uint8)
     for i, im in enumerate(images):
         r, c = divmod(i, columns)
-        y, x = margin + r * (ch + margin), margin + c * (cw + margin)
-        out[y : y + im.shape[0], x : x + im.shape[1]] = im[..., :3]
+        x, y, w, h = xs[c], ys[r], col_w[c], row_h[r]
+        out[y : y + h, x : x + w] = CELL_BACKGROUND
+        top, left = y + (h - im.shape[0]) // 2, x + (w - im.shape[1]) // 2
+        out[top : top + im.shape[0], left : left + im.shape[1]] = im
+    if lines is None or not any(lines):
+        return out
+    picture = Image.fromarray(out)
+    draw = ImageDraw.Draw(picture)
+    for i, ls in enumerate(lines):
+        r, c = divmod(i, columns)
+        y = ys[r] + row_h[r] + 2
+        for text in ls:
+            tw = text_font.getlength(text)
+            draw.text((xs[c] + (col_w[c] - tw) / 2, y), text, fill="black", font=text_font)
+            y += line_h
+    return np.asarray(picture)
+
+
+def captioned(image: np.ndarray, lines: Sequence[str], margin: int = 4) -> np.ndarray:
+    """The image (uint8 RGB) with text lines centred beneath it, on white (`grid` of one)."""
+    return grid([image], columns=1, margin=margin, captions=[list(lines)])
+
+
+def sample_caption(
+    *,
+    index: int | None = None,
+    seed: int | None = None,
+    label: int | None = None,
+    label_names: Sequence[str] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    guidance: float | None = None,
+    step: int | None = None,
+    triples: int | None = None,
+    finished: bool | None = None,
+) -> list[str]:
+    """The caption lines of one sample: what drew it, so a picture says where it came from.
+
+    Lines, each only when its figures are given: the label ("label 3: cat", the name from
+    label_names when there is one; a negative label is none); "seed S #i" (sample i of the
+    draws made with seed S); "T 1 top-p 0.9" (with "top-k K" when on, "guidance G" when given);
+    "step N" (the checkpoint step); "T triples" (", cut" when the chunk limit stopped it).
+
+    Returns:
+      The lines, e.g. ["label 3: cat", "seed 30 #1", "T 1 top-p 0.9", "step 30", "812 triples"].
+    """
+    out = []
+    if label is not None and int(label) >= 0:
+        label = int(label)
+        name = label_names[label] if label_names is not None and label < len(label_names) else None
+        out.append(f"label {label}: {name}" if name else f"label {label}")
+    if seed is not None:
+        out.append(f"seed {seed}" + (f" #{index}" if index is not None else ""))
+    elif index is not None:
+        out.append(f"#{index}")
+    draws = []
+    if temperature is not None:
+        draws.append(f"T {temperature:g}")
+    if top_p is not None:
+        draws.append(f"top-p {top_p:g}")
+    if top_k:
+        draws.append(f"top-k {top_k}")
+    if guidance is not None:
+        draws.append(f"guidance {guidance:g}")
+    if draws:
+        out.append(" ".join(draws))
+    if step is not None:
+        out.append(f"step {step}")
+    if triples is not None:
+        out.append(f"{triples:,} triples" + (", cut" if finished is False else ""))
     return out
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=-1)
+    return image[..., :3]
 
 
 def enlarge(image: np.ndarray, size: int) -> np.ndarray:

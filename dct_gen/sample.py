@@ -123,21 +123,31 @@ def _progress(enabled: bool) -> Callable[[str], None] | None:
 
 
 def _source(sampling):
-    """The Sampler of --model_dir or the SavedModelSource of --saved_model, and the flag."""
+    """The Sampler of --model_dir or the SavedModelSource of --saved_model, the flag, and the
+    checkpoint step (None when an export does not say)."""
+    from dct_gen import run_dir
+
     if FLAGS.saved_model:
         cli.existing_dir("saved_model", FLAGS.saved_model, "SavedModel directory")
         try:
-            return sampling.SavedModelSource(FLAGS.saved_model), "saved_model"
+            source = sampling.SavedModelSource(FLAGS.saved_model)
         except InputError as e:
             raise InputError(f"--saved_model: {e}") from None
-    from dct_gen import run_dir
+        from dct_gen.saved_model import EXPORT_FILE
+
+        try:
+            step = run_dir.read_json(os.path.join(FLAGS.saved_model, EXPORT_FILE), {}).get("step")
+        except (ValueError, AttributeError):  # an export marker we cannot read: no step shown
+            step = None
+        return source, "saved_model", step
 
     cli.existing_dir("model_dir", FLAGS.model_dir, "run directory")
     try:
         run = run_dir.load_run(FLAGS.model_dir, mixed_precision=False, log=lambda line: None)
     except InputError as e:
         raise InputError(f"--model_dir: {e}") from None
-    return sampling.Sampler(run.model, run.model_config, jit_compile=FLAGS.jit), "model_dir"
+    sampler = sampling.Sampler(run.model, run.model_config, jit_compile=FLAGS.jit)
+    return sampler, "model_dir", run.step
 
 
 def _main(args: list[str]) -> int:
@@ -155,7 +165,7 @@ def _main(args: list[str]) -> int:
     except UsageError as e:
         raise UsageError(f"--{e}") from None  # the messages start with the option's name
     inputs = _read_inputs(paths)
-    source, flag = _source(sampling)
+    source, flag, step = _source(sampling)
     if isinstance(source, sampling.Sampler):
         max_chunks = FLAGS.max_chunks or sampling.default_max_chunks(source.config)
         draws["max_chunks"] = max_chunks
@@ -178,7 +188,16 @@ def _main(args: list[str]) -> int:
         raise InputError(f"--{flag} {FLAGS[flag].value}: {e}") from None
     if progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    files = sampling.write_task(samples, FLAGS.out, task, inputs)
+    options = sampling.SampleOptions(**draws)
+    info = dict(
+        seed=FLAGS.seed,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        guidance=None,
+        checkpoint_step=step,
+    )
+    files = sampling.write_task(samples, FLAGS.out, task, inputs, info=info)
     summary = {
         "task": task,
         "out": FLAGS.out,

@@ -9,6 +9,11 @@ precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
 - Strategy (`make_strategy`): TPUStrategy with a TPU name, MultiWorkerMirroredStrategy when
   TF_CONFIG names more than one task, MirroredStrategy over the local GPUs, else the default
   strategy. The global batch (train_config.batch_size) is split across replicas.
+- Several workers: only the chief writes the run directory and holds its lock
+  (`writes_run_dir`); the others save their checkpoint copies to a temporary folder, removed
+  at once (`save_worker_copy`), restore the chief's checkpoint but its iterators, and start a
+  new input stream on resume (`worker_stream_seed`). The workers agree on stopping (a SIGTERM
+  to any, a chief that refuses to start) and end together (`make_worker_agreement`).
 - Optimisation: Adam; learning rate linear from 0 over warmup_steps, then cosine to 0 at the
   last step (`make_learning_rate`); gradients clipped to a global norm. The run's length is
   train_config.tokens target elements (elements that carry loss), converted to steps as
@@ -20,8 +25,11 @@ precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
   and none restores the run stops (`run_dir.NoValidCheckpointError`) rather than start again
   from step 0.
 - Logs: model_dir/metrics.jsonl (one JSON line per log step), TensorBoard events under
-  model_dir/train and model_dir/eval, model_dir/eval.jsonl (one line per held-out
-  evaluation, `evaluate`), a console line per log step with an ETA. Every run-directory name
+  model_dir/train and model_dir/eval (the configs as text and the hparams at the start, the
+  grouped held-out scalars and the bits-per-chunk picture at each evaluation, captioned
+  sample grids: `write_eval_summaries`, `write_config_text`, `write_hparams`),
+  model_dir/eval.jsonl (one line per held-out evaluation, `evaluate`), a console line per log
+  step with an ETA. Every run-directory name
   comes from `dct_gen.run_dir`.
 - Learning-rate schedule (`Schedule`): fixed in config.json when the run starts (length, peak,
   warmup). A resumed run whose settings give another is refused (`check_same_plan`); the one
@@ -45,11 +53,13 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import gc
 import json
 import math
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator
 
 from dct_gen import run_dir
@@ -122,13 +132,97 @@ def make_strategy(tpu: str | None = None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
+    run_dir.is_chief()  # a malformed TF_CONFIG is an InputError naming it, not a traceback
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    tasks = sum(len(v) for v in tf_config.get("cluster", {}).values())
+    tasks = sum(len(v) for v in (tf_config.get("cluster") or {}).values())
     if tasks > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-worker jobs: one writer of the run directory, and workers that stop together.
+
+
+def is_multi_worker(strategy) -> bool:
+    """Whether `strategy` spans several processes (MultiWorkerMirroredStrategy over a cluster
+    of more than one worker)."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+    )
+
+
+def writes_run_dir(strategy) -> bool:
+    """Whether this process writes the run directory (config.json, operative_config.gin, the
+    checkpoints, metrics.jsonl, eval.jsonl, TensorBoard events) and holds its lock.
+
+    True everywhere but on the workers of a multi-worker job other than its chief (task
+    "chief", else "worker" 0: the strategy's `should_checkpoint`, which agrees with
+    `run_dir.is_chief` on TF_CONFIG's tasks)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def make_worker_agreement(strategy) -> Callable[[bool], bool]:
+    """A function any_worker(flag) -> whether any worker of the job passed True.
+
+    In a multi-worker job it is a collective (an all-reduce over every replica): every worker
+    calls it at the same point of its loop, and none returns before all have arrived, so it is
+    also a barrier. In a job of one process it returns the flag.
+    """
+    import tensorflow as tf
+
+    if not is_multi_worker(strategy):
+        return bool
+
+    @tf.function
+    def count(flag):
+        # In replica context: strategy.reduce of a value that is not per-replica (one replica
+        # per worker) would return it unreduced, with no collective at all. The identity places
+        # the value on the replica's device, where the all-reduce takes it from.
+        def replica_fn():
+            return tf.distribute.get_replica_context().all_reduce("SUM", tf.identity(flag))
+
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    def any_worker(flag: bool) -> bool:
+        return int(count(tf.constant(int(bool(flag)), tf.int32))) > 0
+
+    return any_worker
+
+
+def save_worker_copy(checkpoint, step: int) -> None:
+    """A checkpoint save on a worker that is not the chief: to a temporary folder of its own,
+    removed at once.
+
+    Every worker must save when the chief saves (a save may read variables through
+    collectives), but only the chief's copy is kept, in the run directory: two workers writing
+    the same ckpt-N files would overwrite each other's. The folder is local to the worker
+    (tempfile: $TMPDIR), so nothing of it reaches the run directory even when a crash leaves
+    it behind.
+    """
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+
+    folder = tempfile.mkdtemp(prefix="dct_gen-worker-checkpoint-")
+    try:
+        tf.train.CheckpointManager(checkpoint, folder, max_to_keep=1).save(checkpoint_number=step)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def worker_stream_seed(seed: int, step: int) -> int:
+    """The input seed of a worker that is not the chief, resumed at `step`.
+
+    Its iterators are not in the checkpoint (only the chief's copy is kept), so its stream
+    starts again; from a seed of its own for each resumed step, so that a job resumed often
+    does not replay the start of the same stream each time."""
+    return (int(seed) * 1_000_003 + int(step)) % (2**31 - 1)
 
 
 def steps_for_tokens(tokens: int, batch_size: int, chunk_size: int) -> int:
@@ -435,10 +529,14 @@ def measure_peak_flops(dtype: str = "float32", size: int | None = None, seconds:
     return 2.0 * n**3 * count / elapsed
 
 
-def make_train_step(strategy, model, optimizer, dct, clip_norm: float | None):
+def make_train_step(
+    strategy, model, optimizer, dct, clip_norm: float | None, jit_compile: bool | None = None
+):
     """One optimisation step over the next global batch; returns replica-reduced metrics.
 
     clip_norm: gradients are clipped to this global norm; None: not clipped.
+    jit_compile: passed to tf.function; True compiles the whole step with XLA, as TPUs do (the
+      tests compile it on the CPU to keep the step free of ops that XLA lacks).
 
     The loss is total nats over the global batch's target elements: each replica divides its
     sum by the all-reduced token count, so summed replica gradients are the global gradient.
@@ -478,7 +576,7 @@ def make_train_step(strategy, model, optimizer, dct, clip_norm: float | None):
             metrics[f"{c}_loss"] = tf.reduce_sum(losses[f"{c}_nats"]) / tf.maximum(tokens, 1.0)
         return metrics
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def train_step(batch):
         per_replica = strategy.run(step_fn, args=(batch,))
         out = {}
@@ -502,8 +600,10 @@ def make_eval_step(strategy, model, dct):
             model_lib.forward(model, batch, training=False), batch, dct
         )
         out = {f"{c}_nats": losses[f"{c}_nats"] for c in COMPONENTS}
-        for k in ("sequence_index", "chunk_index", "height", "width", "valid"):
+        for k in ("sequence_index", "chunk_index", "height", "width"):
             out[k] = batch[k]
+        # As int32: a gather across workers (a collective) takes no booleans.
+        out["valid"] = tf.cast(batch["valid"], tf.int32)
         return out
 
     @tf.function
@@ -596,6 +696,162 @@ def evaluate(
             yield f"chunk_{k}/{c}_bits_per_subpixel", float(per_chunk[:, j].mean())
 
 
+# ----------------------------------------------------------------------------------------------
+# TensorBoard: what an evaluation, the run's start and the samples write (each function writes
+# to the default summary writer, so the caller picks the run: train/, eval/, the run directory).
+
+EVAL_FIGURE_TAG = "bits_per_chunk"  # eval/: the paper's Figure 9 (right), one per evaluation
+SAMPLE_CAPTIONS_TAG = "samples/captions"  # train/: the caption of every sample, as text
+OPERATIVE_CONFIG_TAG = "config/operative_config.gin"  # train/: the gin configuration
+RUN_CONFIG_TAG = "config/config.json"  # train/: the model and train configs, the schedule
+
+_FIGURE_DESCRIPTION = (
+    "Held-out bits per subpixel of each chunk index, stacked as channel, position and value "
+    "(the paper's Figure 9, right): the mean, over the held-out images that have a chunk k, of "
+    "that chunk's share of the image's bits. One picture per evaluation; eval.jsonl holds the "
+    "figures (`chunk_k/...`)."
+)
+_SAMPLES_DESCRIPTION = (
+    "Samples drawn with the weights of the step, each captioned with its label (class-"
+    "conditional runs), seed and index (sample i of the draws made with that seed), "
+    "temperature and top-p, the step, and its number of triples (', cut': the chunk limit "
+    "stopped it). Cells keep each sample's own size; grey fills a cell around a smaller one."
+)
+
+
+def bits_by_chunk(values: dict) -> dict[int, dict[str, float]]:
+    """The per-chunk figures of an evaluation (`evaluate`'s names, as eval.jsonl holds them):
+    chunk index -> {"channel", "position", "value"} bits per subpixel, in chunk order."""
+    out: dict[int, dict[str, float]] = {}
+    for name, value in values.items():
+        head, _, tail = name.partition("/")
+        part = tail.removesuffix("_bits_per_subpixel")
+        if head.startswith("chunk_") and head[6:].isdigit() and part in COMPONENTS:
+            out.setdefault(int(head[6:]), {})[part] = float(value)
+    return dict(sorted(out.items()))
+
+
+def eval_scalars(values: dict) -> dict[str, float]:
+    """The scalars an evaluation logs, grouped under `bits_per_subpixel` (TensorBoard groups
+    tags by their first part): the total, `bits_per_subpixel/{channel,position,value}`, and
+    `bits_per_subpixel/first_chunk` and `/last_chunk` (chunk 0 and the highest chunk index any
+    held-out image reaches: `evaluate`'s chunk_k/bits_per_subpixel)."""
+    out = {"bits_per_subpixel": float(values["bits_per_subpixel"])}
+    for c in COMPONENTS:
+        out[f"bits_per_subpixel/{c}"] = float(values[f"{c}_bits_per_subpixel"])
+    chunks = bits_by_chunk(values)
+    if chunks:
+        for name, k in (("first_chunk", min(chunks)), ("last_chunk", max(chunks))):
+            out[f"bits_per_subpixel/{name}"] = float(
+                values.get(f"chunk_{k}/bits_per_subpixel", sum(chunks[k].values()))
+            )
+    return out
+
+
+def write_eval_summaries(values: dict, step: int, split: str | None = None) -> None:
+    """One evaluation in TensorBoard, to the default writer: `eval_scalars` and the picture of
+    bits per chunk (EVAL_FIGURE_TAG, `plots.chunk_bits_plot`).
+
+    Args:
+      values: `evaluate`'s (name, value) pairs as a dict.
+      step: the step of the weights evaluated.
+      split: the split scored, for the picture's title.
+    """
+    import tensorflow as tf
+
+    from dct_gen import plots
+
+    for tag, value in eval_scalars(values).items():
+        tf.summary.scalar(tag, value, step=step)
+    chunks = bits_by_chunk(values)
+    # Drawn only where it is written (a worker that is not the chief writes to a no-op writer).
+    if chunks and bool(tf.summary.should_record_summaries()):
+        where = f"{split}, " if split else ""
+        title = f"held-out bits per subpixel by chunk ({where}step {step})"
+        image = plots.chunk_bits_plot(chunks, title=title)
+        tf.summary.image(EVAL_FIGURE_TAG, image[None], step=step, description=_FIGURE_DESCRIPTION)
+
+
+def run_hparams(model_config, train_config, total_steps: int, seed: int) -> dict:
+    """The run's hyperparameters as TensorBoard's hparams dashboard lists them: model size,
+    representation, chunking, batch, learning rate and length (plain bool, int, float, str)."""
+    from dct_gen import model as model_lib
+
+    dct = model_config.dct
+    stacks = (
+        model_config.encoder_spec,
+        model_config.channel_spec,
+        model_config.position_spec,
+        model_config.value_spec,
+    )
+    return {
+        "parameters": int(model_lib.count_parameters(model_config)),
+        "hidden_size": int(model_config.hidden_size),
+        "layers": "/".join(str(len(spec)) for spec in stacks),
+        "num_classes": int(model_config.num_classes or 0),
+        "block_size": int(dct.block_size),
+        "quality": int(dct.quality),
+        "resolution": int(dct.resolution),
+        "ordering": str(dct.ordering),
+        "chunk_size": int(train_config.chunk_size),
+        "overlap": int(train_config.overlap),
+        "target_part": str(train_config.target_part),
+        "batch_size": int(train_config.batch_size),
+        "learning_rate": float(train_config.learning_rate),
+        "warmup_steps": int(train_config.warmup_steps),
+        "total_steps": int(total_steps),
+        "mixed_precision": bool(train_config.mixed_precision),
+        "seed": int(seed),
+    }
+
+
+def write_hparams(hparams: dict) -> None:
+    """This run's hyperparameters (`run_hparams`) for TensorBoard's hparams dashboard, to the
+    default writer: the eval/ writer, so that the dashboard shows the held-out scalars beside
+    them (it reads a session's metrics from the run holding its hparams and the runs below,
+    never from a sibling: hparams at the run directory would find nothing in eval/ when
+    --logdir is the run directory itself).
+
+    No experiment summary (`hparams_config`) is written: the dashboard then infers each
+    hyperparameter's type from the values of all runs, and takes the metrics from the scalars
+    of eval/, so runs of other versions with other hyperparameters still line up.
+    """
+    from tensorboard.plugins.hparams import api as hp
+
+    hp.hparams(hparams)
+
+
+def write_config_text(step: int, config_json: str | None, operative_config: str | None) -> None:
+    """config.json and the operative gin configuration as text (markdown code blocks) at
+    `step`, to the default writer; a missing one is left out."""
+    import tensorflow as tf
+
+    for tag, text in ((OPERATIVE_CONFIG_TAG, operative_config), (RUN_CONFIG_TAG, config_json)):
+        if text:
+            tf.summary.text(tag, _code_block(text), step=step)
+
+
+def _code_block(text: str) -> str:
+    # Indented, not fenced: a config may hold backticks, never a change of indentation rule.
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
+
+
+def caption_table(captions: list[list[str]]) -> str:
+    """The captions of a grid as markdown, one list item per cell (SAMPLE_CAPTIONS_TAG)."""
+    return "\n".join(f"- {i}: " + " | ".join(lines) for i, lines in enumerate(captions))
+
+
+def label_names(data_dir: str, split: str) -> list[str] | None:
+    """The class names info.json records for a split (None: unlabelled, or not stated)."""
+    from dct_gen import records
+
+    try:
+        names = records.read_info(data_dir)["splits"][split].get("label_names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 @contextlib.contextmanager
 def _sigterm_flag():
     """Yields a dict whose 'received' turns True on SIGTERM (only the main thread can listen)."""
@@ -626,7 +882,9 @@ def _all_finite(variables) -> bool:
     return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables)
 
 
-def _drop_unhealthy_checkpoint(checkpoint_dir: str, number: int | None, log) -> str:
+def _drop_unhealthy_checkpoint(
+    checkpoint_dir: str, number: int | None, log, delete: bool = True
+) -> str:
     """Deletes checkpoint `number` (if there is one), whose weights gave a non-finite loss,
     and returns the end of the NonFiniteLossError message: what was deleted and which
     checkpoint is left.
@@ -634,9 +892,21 @@ def _drop_unhealthy_checkpoint(checkpoint_dir: str, number: int | None, log) -> 
     TensorFlow's own index of checkpoints (checkpoints/checkpoint) may still name the deleted
     one until the next save; dct-gen lists the checkpoint files themselves
     (`run_dir.checkpoint_numbers`), so nothing restores it.
+
+    delete: False on a worker of a multi-worker job that is not the chief: the chief deletes
+    it, and this worker's message says so rather than race it for the listing.
     """
     import tensorflow as tf
 
+    advice = (
+        ". Lower the learning rate (train_config.learning_rate in a new run, or "
+        "--extend_learning_rate to resume this one at a lower rate) or check the data."
+    )
+    if not delete and number is not None:
+        return (
+            f"the chief of the job deletes checkpoint {number}, whose weights gave it, and "
+            "names the newest checkpoint left" + advice
+        )
     paths = []
     if number is not None:
         paths = tf.io.gfile.glob(os.path.join(checkpoint_dir, f"ckpt-{number}.*"))
@@ -655,10 +925,7 @@ def _drop_unhealthy_checkpoint(checkpoint_dir: str, number: int | None, log) -> 
         parts.append(f"the newest checkpoint left, {left[0]}, is the last healthy one")
     else:
         parts.append(f"no checkpoint is left in {checkpoint_dir}")
-    return (
-        "; ".join(parts) + ". Lower the learning rate (train_config.learning_rate in a new "
-        "run, or --extend_learning_rate to resume this one at a lower rate) or check the data."
-    )
+    return "; ".join(parts) + advice
 
 
 # ----------------------------------------------------------------------------------------------
@@ -677,6 +944,43 @@ class TrainResult:
     last_eval: dict
 
 
+def _workers_end_together(train_fn):
+    """Makes the workers of a multi-worker job leave `train` together, once what it made is
+    gone (`train` decorated).
+
+    The chief runs TensorFlow's coordination service: a worker that outlives it ends with
+    "Failed to send RPC to coordination service", and one that the chief outlives by the
+    heartbeat timeout is reported as crashed. So every worker first frees the model, the
+    optimizer and the input pipelines (an input iterator's teardown has been seen to take tens
+    of seconds on a loaded machine, while the other worker had already exited), then all pass a
+    barrier, and their processes end within moments of each other. It happens when training
+    returns, and after a NonFiniteLossError, which every worker raises at the same step.
+    """
+
+    @functools.wraps(train_fn)
+    def train_and_end_together(*args, **kwargs):
+        try:
+            result = train_fn(*args, **kwargs)
+        except NonFiniteLossError as e:
+            traceback.clear_frames(e.__traceback__)  # frees train's objects, keeps the trace
+            _leave_together(kwargs.get("strategy"), kwargs.get("tpu"))
+            raise
+        _leave_together(kwargs.get("strategy"), kwargs.get("tpu"))
+        return result
+
+    return train_and_end_together
+
+
+def _leave_together(strategy, tpu: str | None) -> None:
+    """The barrier of `_workers_end_together`, after a garbage collection (a Keras model's
+    objects refer to each other, so returning alone does not free them)."""
+    strategy = strategy or make_strategy(tpu)
+    if is_multi_worker(strategy):
+        gc.collect()
+        make_worker_agreement(strategy)(False)
+
+
+@_workers_end_together
 def train(
     *,
     model_config,
@@ -730,12 +1034,16 @@ def train(
       keep_checkpoints: how many checkpoints stay on disk.
       seed: initialisation, dropout and input pipeline seed.
       deterministic: enable TensorFlow op determinism (process-wide).
-      strategy: a tf.distribute strategy; None: `make_strategy(tpu)`.
+      strategy: a tf.distribute strategy; None: `make_strategy(tpu)`. Under a
+        MultiWorkerMirroredStrategy every worker calls `train` with the same arguments; only
+        the chief writes model_dir (`writes_run_dir`), and all return together.
       peak_flops: peak FLOP/s per replica for MFU; None: `measure_peak_flops` once.
       step_callback: called as step_callback(step, metrics) after every step (host values).
       sample_every: every N steps (and at the end), sample num_samples images and log their
-        grid and heatmaps to TensorBoard (train/samples, train/heatmaps); 0: never. Runs with
-        target_part 'chroma' (colorization) do not sample unconditionally and log none.
+        grid and heatmaps to TensorBoard (train/samples, train/heatmaps, each cell captioned
+        with its label, seed, temperature, top-p and step; train/samples/captions as text);
+        0: never. Runs with target_part 'chroma' (colorization) do not sample
+        unconditionally and log none.
       sample_max_chunks: the chunk limit of those samples (None: none).
       operative_config: text written to model_dir/operative_config.gin (the gin configuration
         the run was started with, for people) once the run directory has accepted the configs;
@@ -756,7 +1064,9 @@ def train(
       run_dir.NoValidCheckpointError: (an InputError) checkpoints exist in model_dir but none
         restores.
       run_dir.RunLockedError: (an InputError) another live trainer holds model_dir's lock
-        (run_dir.RunLock); nothing has been written.
+        (run_dir.RunLock); nothing has been written. On the other workers of a multi-worker
+        job whose chief is refused at start (the lock, another model in model_dir): an
+        InputError saying so.
       ValueError: an argument out of range (log_every < 1, ...).
     """
     # ---- Setup: configs against the data, strategy, precision, seeds.
@@ -844,17 +1154,46 @@ def train(
         # restore (then it is worked out again below, at the step restored).
         extend_schedule(schedule, saved_steps[0], extend_steps, extend_learning_rate, config_path)
     total_steps = schedule.total_steps
+    # In a multi-worker job only the chief writes the run directory; the other workers train,
+    # save their checkpoint copies elsewhere, and stop with it (`make_worker_agreement`).
+    chief = writes_run_dir(strategy)
+    any_worker = make_worker_agreement(strategy)
+    if not chief:
+        resolver = getattr(strategy, "cluster_resolver", None)
+        who = f"{resolver.task_type} {resolver.task_id}" if resolver is not None else "a worker"
+        log(
+            f"{who} of a multi-worker job: the chief writes {model_dir}; this worker's "
+            "checkpoint copies go to a temporary folder and are removed"
+        )
     # One trainer per run directory: the lock (the chief's, in a multi-worker job) comes before
     # anything is written there, and goes in the `finally` below.
-    lock = run_dir.RunLock(model_dir, log=log)
-    lock.acquire()
+    lock = run_dir.RunLock(model_dir, log=log, chief=chief)
+    refused = None
+    try:
+        lock.acquire()
+        if chief:
+            os.makedirs(model_dir, exist_ok=True)
+            run_dir.save_run_config(model_dir, model_config, train_config, schedule.to_json())
+            if operative_config is not None:
+                with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
+                    f.write(operative_config)
+    except InputError as e:  # the lock is another trainer's, or the directory holds another model
+        refused = e
+    except BaseException:
+        lock.release()
+        raise
+    # A chief that refuses to start takes the other workers with it, rather than leave them
+    # waiting for its first step.
+    if any_worker(refused is not None):
+        lock.release()
+        if refused is not None:
+            raise refused
+        raise InputError(
+            f"the chief of this multi-worker job refused to start training in {model_dir} (its "
+            "output says why); this worker stops with it"
+        )
     previous_policy = keras.config.dtype_policy()
     try:
-        os.makedirs(model_dir, exist_ok=True)
-        run_dir.save_run_config(model_dir, model_config, train_config, schedule.to_json())
-        if operative_config is not None:
-            with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
-                f.write(operative_config)
         checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
         compute_dtype = "bfloat16" if train_config.mixed_precision else "float32"
         keras.config.set_dtype_policy(
@@ -863,15 +1202,16 @@ def train(
 
         # ---- Input: one pipeline and iterator per local replica, each with its share of the
         # global batch. Plain tf.data iterators go into the checkpoint, so the stream resumes
-        # exactly (a tf.distribute iterator is not checkpointable).
-        def dataset_fn(ctx: tf.distribute.InputContext):
+        # exactly (a tf.distribute iterator is not checkpointable). In a multi-worker job only
+        # the chief's checkpoint is kept: another worker's stream starts again on resume.
+        def dataset_fn(ctx: tf.distribute.InputContext, stream_seed: int = seed):
             return data.make_dataset(
                 data_dir,
                 train_split,
                 batch_size=ctx.get_per_replica_batch_size(batch_size),
                 chunk_size=train_config.chunk_size,
                 overlap=train_config.overlap,
-                seed=seed,
+                seed=stream_seed,
                 mode="train",
                 target_part=train_config.target_part,
                 input_context=ctx,
@@ -885,10 +1225,15 @@ def train(
                 )
             )
         ]
-        iterators = [
-            iter(dataset_fn(tf.distribute.InputContext(replicas, r, replicas)))
-            for r in local_replicas
-        ]
+
+        def make_iterators(stream_seed: int) -> list:
+            return [
+                iter(dataset_fn(tf.distribute.InputContext(replicas, r, replicas), stream_seed))
+                for r in local_replicas
+            ]
+
+        # Another worker's iterators are made once the restore has said where it resumes.
+        iterators = make_iterators(seed) if chief else []
 
         def next_batch():
             batches = dict(zip(local_replicas, (next(it) for it in iterators)))
@@ -906,23 +1251,32 @@ def train(
         # list (not names, which Keras numbers per process) keeps the keys stable.
         trainable = {id(v) for v in model.trainable_variables}
         state = [v for v in model.variables if id(v) not in trainable]
-        checkpoint = tf.train.Checkpoint(
-            model=model,
-            optimizer=optimizer,
-            state=state,
-            tokens_seen=tokens_seen,
-            data=iterators,
-        )
-        manager = tf.train.CheckpointManager(
-            checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints
-        )
+        weights = dict(model=model, optimizer=optimizer, state=state, tokens_seen=tokens_seen)
         train_step = make_train_step(
             strategy, model, optimizer, model_config.dct, train_config.grad_clip_norm
         )
         flops_per_token = model_lib.flops_per_token(model_config)
 
         # ---- Restore: the newest checkpoint that restores; never a silent restart.
-        resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
+        if chief:
+            checkpoint = tf.train.Checkpoint(**weights, data=iterators)
+            manager = tf.train.CheckpointManager(
+                checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints
+            )
+            resumed_from = run_dir.restore_latest(checkpoint, checkpoint_dir, log)
+        else:
+            # The chief's checkpoint, all but its input iterators (its own, not this worker's):
+            # the same step and the same weights as the chief.
+            resumed_from = run_dir.restore_latest(
+                tf.train.Checkpoint(**weights), checkpoint_dir, log, partial=True
+            )
+            stream_seed = seed
+            if resumed_from is not None:
+                stream_seed = worker_stream_seed(seed, int(optimizer.iterations.numpy()))
+                log(f"this worker's input starts a new stream (seed {stream_seed})")
+            iterators = make_iterators(stream_seed)
+            checkpoint = tf.train.Checkpoint(**weights, data=iterators)
+            manager = None
         step = int(optimizer.iterations.numpy())
         if resumed_from is None:
             log(f"no checkpoint in {checkpoint_dir}: starting at step 0")
@@ -933,7 +1287,10 @@ def train(
             )
             if extended != schedule:
                 schedule = extended
-                run_dir.save_run_config(model_dir, model_config, train_config, schedule.to_json())
+                if chief:
+                    run_dir.save_run_config(
+                        model_dir, model_config, train_config, schedule.to_json()
+                    )
                 # Set before the step function is first traced, which reads the rate.
                 optimizer.learning_rate = schedule.learning_rate_schedule()
                 log(f"schedule extended: {_describe(schedule.extensions[-1])} ({config_path})")
@@ -942,8 +1299,9 @@ def train(
             total_steps = schedule.total_steps
         metrics_path = os.path.join(model_dir, run_dir.METRICS_FILE)
         eval_path = os.path.join(model_dir, run_dir.EVAL_FILE)
-        run_dir.truncate_jsonl(metrics_path, step)
-        run_dir.truncate_jsonl(eval_path, step)
+        if chief:
+            run_dir.truncate_jsonl(metrics_path, step)
+            run_dir.truncate_jsonl(eval_path, step)
         if step >= total_steps:
             log(f"step {step} >= {total_steps}: the run is already done")
             return TrainResult(step, total_steps, "already_done", resumed_from, {}, {})
@@ -955,8 +1313,29 @@ def train(
             f"steps {step} -> {total_steps}, global batch {batch_size}, {compute_dtype}, "
             f"peak {peak_flops / 1e9:.1f} GFLOP/s per replica"
         )
-        train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-        eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+        # Only the chief writes events: another worker's would be a second file of each step.
+        train_writer, eval_writer = (
+            tf.summary.create_file_writer(os.path.join(model_dir, name))
+            if chief
+            else tf.summary.create_noop_writer()
+            for name in ("train", "eval")
+        )
+        # What the run is, at the step it starts from: its configs as text (train/), and its
+        # hyperparameters in eval/, where the hparams dashboard finds the held-out bits beside
+        # them (its metrics are read from the run holding the hparams or from one below it).
+        start_texts = []
+        operative_path = os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE)
+        for path, given in ((config_path, None), (operative_path, operative_config)):
+            if given is None and tf.io.gfile.exists(path):
+                with tf.io.gfile.GFile(path) as f:
+                    given = f.read()
+            start_texts.append(given)
+        with train_writer.as_default(step=step):
+            write_config_text(step, *start_texts)
+        train_writer.flush()
+        with eval_writer.as_default(step=step):
+            write_hparams(run_hparams(model_config, train_config, total_steps, seed))
+        eval_writer.flush()
         eval_step = make_eval_step(strategy, model, model_config.dct)
 
         def run_eval(at_step: int) -> dict:
@@ -975,13 +1354,13 @@ def train(
                 )
             )
             with eval_writer.as_default(step=at_step):
-                for name, value in result.items():
-                    tf.summary.scalar(name, value)
+                write_eval_summaries(result, at_step, eval_split)
             eval_writer.flush()
             record = {"step": at_step, "split": eval_split, "partial": eval_batches is not None}
             record.update(result)
-            with open(eval_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if chief:  # every worker evaluates (a collective), the chief records it
+                with open(eval_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             log(
                 f"eval step {at_step}: {eval_split} {result['bits_per_subpixel']:.4f} bits per "
                 f"subpixel over {int(result['sequences'])} sequences "
@@ -992,7 +1371,8 @@ def train(
         samplers = []
 
         def log_samples(at_step: int) -> None:
-            """Unconditional samples to TensorBoard: the grid and the heatmaps."""
+            """Samples to TensorBoard: the grid and the heatmaps, each cell captioned
+            (`pictures.sample_caption`), and the captions as text."""
             from dct_gen import pictures, sampling
 
             start = time.perf_counter()
@@ -1002,11 +1382,12 @@ def train(
             labels = None
             if model_config.num_classes:
                 labels = np.arange(num_samples) % model_config.num_classes
+            options = sampling.SampleOptions(max_chunks=max_chunks)
             samples = sampling.sample_batches(
                 samplers[0],
                 num_samples,
                 labels=labels,
-                options=sampling.SampleOptions(max_chunks=max_chunks),
+                options=options,
                 seed=seed + at_step,
             )
             images = [pictures.enlarge(im, 128) for im in samples.images()]
@@ -1014,9 +1395,31 @@ def train(
                 pictures.enlarge(pictures.heatmap(s, model_config.dct), 128)
                 for s in samples.sequences
             ]
+            names = label_names(data_dir, train_split) if model_config.num_classes else None
+            captions = [
+                pictures.sample_caption(
+                    index=i,
+                    seed=seed + at_step,
+                    label=int(samples.labels[i]),
+                    label_names=names,
+                    temperature=options.temperature,
+                    top_p=options.top_p,
+                    top_k=options.top_k,
+                    step=at_step,
+                    triples=len(sequence),
+                    finished=bool(samples.finished[i]),
+                )
+                for i, sequence in enumerate(samples.sequences)
+            ]
             with train_writer.as_default(step=at_step):
-                tf.summary.image("samples", pictures.grid(images)[None], step=at_step)
-                tf.summary.image("heatmaps", pictures.grid(maps)[None], step=at_step)
+                for tag, pictured in (("samples", images), ("heatmaps", maps)):
+                    tf.summary.image(
+                        tag,
+                        pictures.grid(pictured, captions=captions)[None],
+                        step=at_step,
+                        description=_SAMPLES_DESCRIPTION,
+                    )
+                tf.summary.text(SAMPLE_CAPTIONS_TAG, caption_table(captions), step=at_step)
                 tf.summary.scalar(
                     "samples/mean_triples",
                     float(np.mean([len(q) for q in samples.sequences])),
@@ -1032,6 +1435,8 @@ def train(
         if sample_every and train_config.target_part != "all":
             log("sample_every: a colorization run (target_part 'chroma') logs no samples")
             sample_every = 0
+        if not chief:
+            sample_every = 0  # the chief samples for TensorBoard, alone: no collective in it
 
         # ---- Loop.
         last_metrics, last_eval = {}, {}
@@ -1039,15 +1444,24 @@ def train(
         window_steps, window_start = 0, time.perf_counter()
         timed_steps, timed_seconds = 0, 0.0  # for the ETA (first step's compile left out)
         stopped, first_step = "done", step
+
+        def save(at_step: int) -> None:
+            if chief:
+                manager.save(checkpoint_number=at_step)
+            else:
+                save_worker_copy(checkpoint, at_step)
+
         with _sigterm_flag() as sigterm:
             while step < total_steps:
                 step_start = time.perf_counter()
-                try:
-                    out = train_step(next_batch())
-                except tf.errors.DataLossError as e:
-                    bad = data.find_corrupt_shards(train_paths)
-                    names = "; ".join(f"{p}: {m}" for p, m in bad) or "no single shard fails alone"
-                    raise data.ShardReadError(f"damaged TFRecord shard(s): {names}") from e
+                try:  # reading apart from the step, so a model error keeps its traceback
+                    batch = next_batch()
+                except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+                    user_error = data.input_error(e, train_paths)
+                    if user_error is None:
+                        raise
+                    raise user_error from e
+                out = train_step(batch)
                 values = {k: float(v) for k, v in out.items()}
                 step += 1
                 if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
@@ -1056,7 +1470,7 @@ def train(
                     raise NonFiniteLossError(
                         f"loss {values['loss']} (gradient norm {values['grad_norm']}) at step "
                         f"{step}, learning rate {float(optimizer.learning_rate):.3g}: stopping; "
-                        + _drop_unhealthy_checkpoint(checkpoint_dir, step - 1, log)
+                        + _drop_unhealthy_checkpoint(checkpoint_dir, step - 1, log, delete=chief)
                     )
                 tokens_seen.assign_add(int(values["tokens"]))
                 seconds = time.perf_counter() - step_start
@@ -1081,8 +1495,9 @@ def train(
                     )
                     last_metrics = {"step": step}
                     last_metrics.update({k: m[k] for k in sorted(m) if k != "step"})
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(last_metrics) + "\n")
+                    if chief:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(last_metrics) + "\n")
                     with train_writer.as_default(step=step):
                         for k, v in last_metrics.items():
                             if k != "step":
@@ -1107,17 +1522,20 @@ def train(
                     window_start = time.perf_counter()
 
                 # ---- Save (only finite weights; the next step's loss then vouches for them).
-                if step % checkpoint_every == 0 or step == total_steps or sigterm["received"]:
+                # A SIGTERM to any worker of a multi-worker job stops every worker at this step.
+                stop = any_worker(sigterm["received"])
+                if step % checkpoint_every == 0 or step == total_steps or stop:
                     if not _all_finite(model.trainable_variables):
                         raise NonFiniteLossError(
                             f"the weights became NaN or infinite at step {step} (loss "
                             f"{values['loss']}): stopping without saving them; "
-                            + _drop_unhealthy_checkpoint(checkpoint_dir, None, log)
+                            + _drop_unhealthy_checkpoint(checkpoint_dir, None, log, delete=chief)
                         )
-                    manager.save(checkpoint_number=step)
-                if sigterm["received"]:
+                    save(step)
+                if stop:
+                    signal_name = "SIGTERM" if sigterm["received"] else "SIGTERM to another worker"
                     log(
-                        f"SIGTERM: saved checkpoint {step} in {checkpoint_dir}; run the same "
+                        f"{signal_name}: saved checkpoint {step} in {checkpoint_dir}; run the same "
                         "command again to resume"
                     )
                     stopped = "sigterm"

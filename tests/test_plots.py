@@ -64,6 +64,24 @@ def test_chunk_bits_plot_stacks_the_three_parts():
     _check_picture(one, (640, 400))
 
 
+def test_chunk_bits_plot_of_many_chunks():
+    """Many chunks (146) in one panel: the three colours still show, and the bars follow
+    their values."""
+    many = {
+        k: {"channel": 0.001, "position": 0.002, "value": 0.004 / (1 + k % 7)} for k in range(146)
+    }
+    image = plots.chunk_bits_plot(many, size=(640, 400))
+    _check_picture(image, (640, 400))
+    for part in plots.CHUNK_PARTS:
+        assert _pixels_of(image, plots.CHUNK_COLORS[part]) > 200, part
+    # The value bars vary with k % 7: the top edge of the stack is not one straight line.
+    green = plots.CHUNK_COLORS["value"]
+    rgb = np.array([int(green[i : i + 2], 16) for i in (1, 3, 5)], np.uint8)
+    value = np.all(image == rgb, axis=-1)
+    tops = [int(np.argmax(col)) for col in value.T if col.any()]
+    assert len(set(tops)) > 3
+
+
 def test_the_style_of_the_session_does_not_change_the_picture():
     import matplotlib
 

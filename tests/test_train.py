@@ -119,7 +119,8 @@ def test_loss_goes_down_and_logs_are_written(trained_run):
     assert sum("samples at step 30: 2 logged" in line for line in lines) == 1
     with open(os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)) as f:
         assert json.load(f)["model_config"]["dct"]["block_size"] == 4
-    assert {"bits_per_subpixel", "chunk_0/position_bits_per_subpixel"} <= tags["eval"]
+    assert {"bits_per_subpixel", "bits_per_subpixel/position", "bits_per_chunk"} <= tags["eval"]
+    assert not any(t.startswith("chunk_") for t in tags["eval"])
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[-1] == "ckpt-30.index"
 
 
