@@ -2,12 +2,14 @@
 
 Paper section 3.1 and appendix C. Everything runs in tf.data graph mode with static shapes, so
 one pipeline feeds the CPU, GPUs and TPUStrategy. Randomness is stateless: every draw is derived
-from (seed, element index), so the same seed gives the same batches.
+from (seed, input pipeline, element index) (`pipeline_seeds`), so the same seed gives the same
+batches, and the input pipelines of a distributed run draw independently.
 
 A sequence of length L counts its stop token (channel 3B^2, position 0, value 0), appended here.
 Its n = ceil(L / C) chunks are drawn with probability proportional to max((k + 1)^-exponent,
 p_min) (`chunk_weights`), after the length-bias filter keeps it with probability
-min(L / L_max, 1) (`keep_probability`).
+min(L / L_max, 1) (`keep_probability`). For colorization (target_part 'chroma') L and n count
+the chroma part only (its triples and the stop token): the luma is input, never a target.
 
 Each example (one chunk of one sequence) is a dict:
 
@@ -323,6 +325,25 @@ def _static(example: dict, cfg: DCTConfig, window: int) -> dict:
 # The dataset.
 
 
+def pipeline_seeds(seed: int, pipeline_id: int = 0) -> tuple[int, tuple[int, int]]:
+    """The seeds of input pipeline `pipeline_id` (tf.distribute runs one per host): the
+    shuffle's seed, and the key of the stateless per-element draws (the length-bias filter, the
+    chunk), which fold in each element's stream index.
+
+    Pipeline 0 keeps (seed, (seed, 0)), the seeds of a single pipeline, so runs started before
+    the pipeline's id was folded in resume with the same stream. Every other pipeline gets its
+    own: without them, pipelines reading different records in the same order would draw the
+    same chunks and keep the same stream indices.
+    """
+    if pipeline_id == 0:
+        return int(seed), (int(seed), 0)
+    # SeedSequence mixes (seed, id) into an unrelated 63-bit shuffle seed; it takes no negative
+    # numbers, so the seed goes in as its two's complement.
+    mixed = np.random.SeedSequence([int(seed) % 2**64, int(pipeline_id)])
+    shuffle_seed = int(mixed.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return shuffle_seed, (int(seed), int(pipeline_id))
+
+
 def make_dataset(
     data_dir: str,
     split: str,
@@ -349,13 +370,17 @@ def make_dataset(
       batch_size: examples per batch (per input pipeline under tf.distribute).
       chunk_size: C, target elements per chunk.
       overlap: O, elements before the chunk that the decoders see without loss.
-      seed: the seed of every random draw (shuffle, filter, chunk choice).
+      seed: the seed of every random draw (shuffle, filter, chunk choice); each input
+        pipeline under tf.distribute draws its own from it (`pipeline_seeds`).
       mode: "train" (shuffle, repeat, filter, sample one chunk per kept sequence) or "eval"
         (every chunk of every sequence, in order, once, no filter).
       exponent, p_min: the chunk sampler (`chunk_weights`).
-      l_max: the length-bias filter's L_max; default from info.json (`default_l_max`).
+      l_max: the length-bias filter's L_max; default from info.json (`default_l_max`, a
+        length of whole sequences).
       target_part: "all", or "chroma" for colorization training on luma_first datasets (paper
-        4.3): targets are drawn from the chroma part only, and all luma is input.
+        4.3): targets are drawn from the chroma part only, and all luma is input. The
+        length-bias filter then counts the chroma part's length (its triples and the stop
+        token), the targets the sequence holds.
       shuffle_buffer: sequences in the shuffle buffer (train).
       input_context: from `strategy.distribute_datasets_from_function`; shards per host.
       drop_remainder: default True in train mode (static batch), False in eval mode.
@@ -436,8 +461,10 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    base_seed = tf.constant([seed, 0], tf.int64)
+    pipeline = input_context.input_pipeline_id if input_context is not None else 0
+    shuffle_seed, base_seed = pipeline_seeds(seed, pipeline)
+    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    base_seed = tf.constant(base_seed, tf.int64)
     weight_args = (float(exponent), float(p_min))
 
     def seeds(index):
@@ -445,10 +472,11 @@ def make_dataset(
         return [tf.random.experimental.stateless_fold_in(key, i) for i in (0, 1)]
 
     def keep(index, record):
-        """The length-bias filter, decided before any per-example work is spent."""
+        """The length-bias filter, decided before any per-example work is spent; its length is
+        the target part's (for 'chroma', the chroma triples and the stop token)."""
         seq = parse(index, record)
-        length = tf.cast(tf.size(seq["channels"]), tf.float32)
-        keep_p = tf.minimum(length / float(l_max), 1.0)
+        length = tf.size(seq["channels"]) - _target_base(seq, cfg, target_part)
+        keep_p = tf.minimum(tf.cast(length, tf.float32) / float(l_max), 1.0)
         # The int64 stream index seeds the chunk draw too (sequence_index is int32 and wraps).
         return tf.random.stateless_uniform([], seeds(index)[0]) < keep_p, (seq, index)
 

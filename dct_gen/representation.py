@@ -6,8 +6,9 @@ build on it. Its TensorFlow twin is `dct_gen.dct_ops`.
 Pipeline (encode), each step with its rule:
 
 1. Resize so the long side equals `resolution`; the short side keeps the aspect ratio, rounded
-   to a multiple of 2B (at least 2B). An image whose long side already equals `resolution` is
-   left untouched, whatever its short side.
+   to a multiple of 2B (at least 2B). An image whose long side already equals `resolution` has
+   its short side rounded too (301 x 512 becomes 304 x 512 at B = 8), so that the extent rule
+   below recovers every image's size; an image already of the target size is left untouched.
 2. JFIF RGB -> YCbCr, rounded to integer samples as a JPEG encoder does, centred by -128.
 3. Edge-replicate pad to a multiple of 2B, then 2x2-mean downsample Cb and Cr.
 4. Orthonormal BxB DCT-II per block (eq. 1 for B = 8).
@@ -339,8 +340,8 @@ def target_size(height: int, width: int, cfg: DCTConfig) -> tuple[int, int]:
     if height <= 0 or width <= 0:
         raise ValueError(f"image size {height}x{width} is empty")
     long_side = max(height, width)
-    if long_side == cfg.resolution:
-        return height, width
+    # No shortcut when the long side already equals the resolution: the short side is rounded
+    # all the same, or the extent rule could not recover the size of its samples.
     step = 2 * cfg.block_size
     short = min(height, width) * cfg.resolution / long_side
     short = max(step, int(round(short / step)) * step)
@@ -593,6 +594,110 @@ def check_triples(channels, positions, values, cfg: DCTConfig) -> None:
     chroma = channels >= cfg.channels_per_plane
     if np.any(positions[chroma] % 2) or np.any((positions[chroma] // cfg.grid) % 2):
         raise ValueError("a chroma triple sits at an odd row or column; chroma uses even positions")
+
+
+def image_blocks(height: int, width: int, cfg: DCTConfig) -> tuple[int, int]:
+    """The luma block rows and columns that hold an image of this size: it is edge-padded to a
+    multiple of 2B before its DCT, so its triples lie at rows < the first, columns < the second."""
+    step = 2 * cfg.block_size
+    return -(-int(height) // step) * 2, -(-int(width) // step) * 2
+
+
+# The rules of a stored sequence, in the order `check_sequence` tries them at each triple, and
+# the message of each. The messages are templates: i, c, p, v are the triple's index, channel,
+# position and value; prev_c, prev_p the previous triple's channel and position; row, col the
+# position's block row and column; height, width the image's size and rows, cols the block rows
+# and columns that hold it (`image_blocks`); stop, positions, clip, ordering the config's. The
+# SavedModel's log_prob checks the same rules in the graph and fills the same templates (no
+# apostrophes: TensorFlow escapes them in an assertion's message).
+SEQUENCE_RULES = (
+    "channel out of range",
+    "position out of range",
+    "value out of range",
+    "zero value",
+    "channels out of order",
+    "positions not ascending within a channel",
+    "chroma at an odd row or column",
+    "position outside the image",
+)
+
+
+SEQUENCE_MESSAGES = (
+    "triple {i}: channel {c} outside [0, {stop}) (the stop token {stop} is not stored)",
+    "triple {i}: position {p} outside [0, {positions})",
+    "triple {i}: value {v} outside [-{clip}, {clip}]",
+    "triple {i}: value 0 (channel {c}, position {p}); stored values are never zero",
+    "triple {i}: channel {c} comes before channel {prev_c} of the previous triple in the "
+    "{ordering} ordering; channels must follow the ordering",
+    "triple {i}: position {p} of channel {c} does not come after position {prev_p} of the "
+    "previous triple; positions must ascend within a channel",
+    "triple {i}: chroma channel {c} at position {p} (row {row}, column {col}); chroma sits at "
+    "even rows and columns only",
+    "triple {i}: position {p} (row {row}, column {col}) lies outside the {height}x{width} "
+    "image, whose blocks are rows [0, {rows}) and columns [0, {cols})",
+)
+
+
+def sequence_violations(channels, positions, values, cfg: DCTConfig, height=None, width=None):
+    """Which triple breaks which rule: a (len(SEQUENCE_RULES), L) bool array (rows in
+    SEQUENCE_RULES' order). height and width None: no image rule (its row is all False)."""
+    c = np.asarray(channels, np.int64)
+    p = np.asarray(positions, np.int64)
+    v = np.asarray(values, np.int64)
+    stop, g = cfg.stop_token, cfg.grid
+    in_vocab = (c >= 0) & (c < stop)
+    rank = channel_rank(cfg.block_size, cfg.ordering, cfg.interval)[np.where(in_vocab, c, 0)]
+    prev_rank = np.concatenate([[-1], rank[:-1]])
+    same = np.concatenate([[False], c[1:] == c[:-1]])
+    prev_p = np.concatenate([[-1], p[:-1]])
+    row, col = p // g, p % g
+    chroma = in_vocab & (c >= cfg.channels_per_plane)
+    if height is None or width is None:
+        outside = np.zeros(c.shape, bool)
+    else:
+        rows, cols = image_blocks(height, width, cfg)
+        outside = (row >= rows) | (col >= cols)
+    return np.stack(
+        [
+            ~in_vocab,
+            (p < 0) | (p >= g * g),
+            np.abs(v) > cfg.clip,
+            v == 0,
+            rank < prev_rank,
+            same & (p <= prev_p),
+            chroma & ((row % 2 == 1) | (col % 2 == 1)),
+            outside,
+        ]
+    )
+
+
+def check_sequence(channels, positions, values, cfg: DCTConfig, height=None, width=None) -> None:
+    """Raises ValueError unless the triples are a sequence the codec can produce: ids within
+    the vocabularies, non-zero values, channels in the ordering, positions ascending within a
+    channel, chroma at even rows and columns, and (given height and width) every position on
+    the blocks of a height x width image. The message names the first triple that breaks a
+    rule and the rule (`SEQUENCE_MESSAGES`). The stop token is not part of the triples.
+    """
+    if not (len(channels) == len(positions) == len(values)):
+        raise ValueError(
+            f"channels, positions and values differ in length: "
+            f"{len(channels)}, {len(positions)}, {len(values)}"
+        )
+    broken = sequence_violations(channels, positions, values, cfg, height, width)
+    bad = np.flatnonzero(broken.any(axis=0))
+    if not bad.size:
+        return
+    i = int(bad[0])
+    rule = int(np.argmax(broken[:, i]))
+    c, p, v = int(channels[i]), int(positions[i]), int(values[i])
+    rows, cols = image_blocks(height, width, cfg) if height is not None else (0, 0)
+    parts = dict(
+        i=i, c=c, p=p, v=v,
+        prev_c=int(channels[i - 1]) if i else -1, prev_p=int(positions[i - 1]) if i else -1,
+        row=p // cfg.grid, col=p % cfg.grid, height=height, width=width, rows=rows, cols=cols,
+        stop=cfg.stop_token, positions=cfg.num_positions, clip=cfg.clip, ordering=cfg.ordering,
+    )  # fmt: skip
+    raise ValueError(SEQUENCE_MESSAGES[rule].format(**parts))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,9 +22,13 @@ position, value) triples chunk by chunk (paper 3.3), exactly as the model was tr
 Each image stops at its stop token while the others continue; sampling also stops after
 `max_chunks` chunks from the image's first chunk with anything to draw (the image is then a
 truncated, still decodable, prefix). The structural mask of the model is applied as in
-training, so sampled sequences are always valid triples. Draws use temperature, top-k and top-p
-(nucleus) filtering on each of the three distributions, with stateless random numbers keyed on
-(seed, chunk, element, component): the same seed gives the same sequences.
+training, and at window index 0 it also follows the element before the window, which training's
+mask (over the window alone) cannot see: with no overlap (O = 0) that is the previous chunk's
+last element. Sampled sequences are therefore always valid triples
+(`representation.check_sequence`); the decoders' inputs are training's exactly. Draws use
+temperature, top-k and top-p (nucleus) filtering on each of the three distributions, with
+stateless random numbers keyed on (seed, chunk, element, component): the same seed gives the
+same sequences.
 
 Everything runs in TensorFlow graphs with static shapes: `sample_chunk` is one tf.function
 per chunk (the Python driver `sample` loops over chunks, reporting progress, and stops early);
@@ -50,7 +54,8 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -296,18 +301,27 @@ class Sampler:
         return caches
 
     def element(
-        self, j, prev, forced, known, caches, cross, memory, label_vector, draw, min_rank=None
-    ):
+        self, j, prev, forced, known, caches, cross, memory, label_vector, draw, min_rank=None,
+        before=None,
+    ):  # fmt: skip
         """One element at window index j: channel, position, value in turn.
 
         prev: the previous element's (c, p, v), each (b,) (anything at j = 0); forced: (c, p, v)
         used where `known` (b,) bool; draw(name, logits) -> (b,) ids; min_rank: optional (b,),
-        drawn channels rank at least this in the ordering (colorization: chroma only). Returns
-        the element's (c, p, v), the three masked logits and the updated caches.
+        drawn channels rank at least this in the ordering (colorization: chroma only); before:
+        optional (c, p), each (b,), the element before the window (-1: none), which the
+        structural mask of window index 0 follows (the decoders never see it, as in training).
+        Returns the element's (c, p, v), the three masked logits and the updated caches.
         """
         caches = dict(caches)
-        prev_c = tf.where(j > 0, prev[0], -1)
-        prev_p = tf.where(j > 0, prev[1], -1)
+        # At window index 0 the decoders get the start vector, as in training; the structural
+        # mask still follows the element before the window where there is one (with no overlap,
+        # chunk k > 0 starts right after chunk k - 1's last element), or a draw there could
+        # break the rules: a (channel, position) pair again, a channel out of the ordering.
+        none = tf.fill(tf.shape(prev[0]), -1)
+        before_c, before_p = (none, none) if before is None else before
+        prev_c = tf.where(j > 0, prev[0], before_c)
+        prev_p = tf.where(j > 0, prev[1], before_p)
         x = self.channel_input([t[:, None] for t in prev], j, 1, label_vector)
         h, caches["channel"] = self.decode("channel", x, caches["channel"], cross["channel"], j)
         logits_c = self.mask_logits("channel", self.heads["channel"](h)[:, 0], None, prev_c, prev_p)
@@ -383,6 +397,11 @@ class Sampler:
         def cond(j, window, caches, done, length, steps):
             return (j < w) & tf.reduce_any(active(j, done))
 
+        # The element before the window (known: it precedes the chunk's start), for the
+        # structural mask of window index 0; -1 where the window starts the sequence.
+        has_before = first > 0
+        before = [tf.where(has_before, _gather(t, first - 1), -1) for t in buffers[:2]]
+
         def body(j, window, caches, done, length, steps):
             i = first + j
             act = active(j, done)
@@ -392,7 +411,7 @@ class Sampler:
             is_known = _gather(tf.cast(window_known, tf.int32), column) > 0
             triple, _, caches = self.element(
                 j, prev, forced, is_known, caches, cross, memory, label_vector,
-                lambda name, logits: draw(name, logits, j), state["min_rank"],
+                lambda name, logits: draw(name, logits, j), state["min_rank"], before,
             )  # fmt: skip
             write = act & ~is_known
             window = [_write(t, column, x, write) for t, x in zip(window, triple)]
@@ -527,13 +546,16 @@ class Sampler:
     # ------------------------------------------------------------------------------------------
     # Scoring a given window through the cached path (tests: cached == full forward).
 
-    def cached_logits(self, batch: dict, prefill: bool = True):
+    def cached_logits(self, batch: dict, prefill: bool = True, before=None):
         """The masked logits of every element of a training window, computed element by element
         through the caches (the overlap prefilled when `prefill` and chunk_start > 0).
 
         batch: a `dct_gen.data.make_dataset` batch (channels, positions, values, dct_image,
-        label, indices). Returns {"channel", "position", "value"}: (b, W, vocab) float32, to
-        compare with `model.forward` where the window holds real elements.
+        label, indices). before: optional (channels, positions), each (b,), of the element
+        before each window, which `sample_chunk` gives the structural mask of window index 0
+        (-1: none; None: none for every window, as the model's own mask). Returns
+        {"channel", "position", "value"}: (b, W, vocab) float32, to compare with
+        `model.forward` where the window holds real elements.
         """
         triples = [tf.cast(batch[k], tf.int32) for k in ("channels", "positions", "values")]
         b = tf.shape(triples[0])[0]
@@ -554,6 +576,7 @@ class Sampler:
             _, logits, caches = self.element(
                 tf.constant(j), prev, forced, tf.ones([b], tf.bool), caches, cross, memory,
                 label_vector, lambda name, logits: tf.zeros([b], tf.int32),
+                before=None if before is None else [tf.cast(t, tf.int32) for t in before],
             )  # fmt: skip
             for name, x in zip(self.DECODERS, logits):
                 outputs[name].append(x)
@@ -793,14 +816,53 @@ def images_tf(channels, positions, values, lengths, cfg: DCTConfig, heights=None
 # Pictures: grids, heatmaps (paper Figure 1, right), progressive strips (Figure 2g).
 
 
+SAMPLE_INFO_KEYS = ("seed", "temperature", "top_p", "top_k", "guidance", "checkpoint_step")
+
+
+def sample_captions(samples: Samples, info: Mapping[str, Any] | None = None) -> list[list[str]]:
+    """Each sample's caption lines (`pictures.sample_caption`): label (and its name), seed and
+    index, temperature, top-p, top-k and guidance, checkpoint step, length.
+
+    Args:
+      samples: what was drawn.
+      info: how: any of SAMPLE_INFO_KEYS, and "label_names" (a list, index = label).
+    """
+    info = dict(info or {})
+    return [
+        pictures.sample_caption(
+            index=i,
+            seed=info.get("seed"),
+            label=int(samples.labels[i]),
+            label_names=info.get("label_names"),
+            temperature=info.get("temperature"),
+            top_p=info.get("top_p"),
+            top_k=info.get("top_k"),
+            guidance=info.get("guidance"),
+            step=info.get("checkpoint_step"),
+            triples=len(seq),
+            finished=bool(samples.finished[i]),
+        )
+        for i, seq in enumerate(samples.sequences)
+    ]
+
+
 def write_samples(
-    samples: Samples, out_dir: str, prefix: str = "sample", panel: int = 256
+    samples: Samples,
+    out_dir: str,
+    prefix: str = "sample",
+    panel: int = 256,
+    info: Mapping[str, Any] | None = None,
 ) -> dict[str, list[str]]:
     """Writes, for each sample: PREFIX_NNN.png (the image), PREFIX_NNN.npz (its triples, which
     `python -m dct_gen.codec decode` reads), PREFIX_NNN_heatmap.png and
-    PREFIX_NNN_progressive.png; and PREFIX_grid.png, PREFIX_heatmaps.png and PREFIX.json (sizes,
-    lengths, whether each stopped)."""
+    PREFIX_NNN_progressive.png; and PREFIX_grid.png and PREFIX_heatmaps.png, each cell captioned
+    (`sample_captions`), and PREFIX.json: how the samples were drawn (`info`: seed,
+    temperature, top-p, top-k, guidance, checkpoint step; null where not given) and, per
+    sample, its index, size, length, context length, whether it stopped, label and label name."""
 
+    info = dict(info or {})
+    captions = sample_captions(samples, info)
+    label_names = info.get("label_names")
     cfg = samples.cfg
     files: dict[str, list[str]] = {"images": [], "triples": [], "heatmaps": [], "progressive": []}
     images, maps = [], []
@@ -819,17 +881,30 @@ def write_samples(
         images.append(pictures.enlarge(image, panel))
         maps.append(pictures.enlarge(hm, panel))
     files["grid"] = [
-        pictures.save_png(pictures.grid(images), os.path.join(out_dir, f"{prefix}_grid.png"))
+        pictures.save_png(
+            pictures.grid(images, captions=captions), os.path.join(out_dir, f"{prefix}_grid.png")
+        )
     ]
     files["heatmap_grid"] = [
-        pictures.save_png(pictures.grid(maps), os.path.join(out_dir, f"{prefix}_heatmaps.png"))
+        pictures.save_png(
+            pictures.grid(maps, captions=captions),
+            os.path.join(out_dir, f"{prefix}_heatmaps.png"),
+        )
     ]
+
+    def label_name(label: int) -> str | None:
+        if label < 0 or not label_names or label >= len(label_names):
+            return None
+        return str(label_names[label])
+
     summary = {
         "num_samples": len(samples.sequences),
         "seconds": round(samples.seconds, 3),
         "element_steps": samples.elements,
+        **{key: info.get(key) for key in SAMPLE_INFO_KEYS},
         "samples": [
             {
+                "index": i,
                 "image": files["images"][i],
                 "height": seq.height,
                 "width": seq.width,
@@ -837,6 +912,8 @@ def write_samples(
                 "context_triples": int(samples.context_lengths[i]),
                 "stopped": bool(samples.finished[i]),
                 "label": int(samples.labels[i]),
+                "label_name": label_name(int(samples.labels[i])),
+                "caption": captions[i],
             }
             for i, seq in enumerate(samples.sequences)
         ],
@@ -1001,19 +1078,25 @@ def write_task(
     task: str = "generate",
     images: Sequence[np.ndarray] = (),
     panel: int = 256,
+    info: Mapping[str, Any] | None = None,
 ) -> dict[str, list[str]]:
     """`write_samples` with the task's name as the prefix ("sample" for generate) and, for a
     task, one TASK_NNN_comparison.png per input image: the image (enlarged), then its samples
-    (`sample_task` keeps each image's samples together). Returns the files by kind."""
-    files = write_samples(samples, out_dir, prefix="sample" if task == "generate" else task)
+    (`sample_task` keeps each image's samples together), captioned. Returns the files by
+    kind."""
+    prefix = "sample" if task == "generate" else task
+    files = write_samples(samples, out_dir, prefix=prefix, panel=panel, info=info)
     if task == "generate" or not len(images):
         return files
     per_image = len(samples.sequences) // len(images)
     decoded = samples.images()
     fit = lambda image: np.asarray(pictures.panel(np.asarray(image, np.uint8), panel))
+    captions = sample_captions(samples, info)
     files["comparisons"] = []
     for i, image in enumerate(images):
-        row = [fit(image)] + [fit(im) for im in decoded[i * per_image : (i + 1) * per_image]]
+        own = slice(i * per_image, (i + 1) * per_image)
+        row = [fit(image)] + [fit(im) for im in decoded[own]]
         path = os.path.join(out_dir, f"{task}_{i:03d}_comparison.png")
-        files["comparisons"].append(pictures.save_png(pictures.grid(row, columns=len(row)), path))
+        strip = pictures.grid(row, columns=len(row), captions=[["input"]] + captions[own])
+        files["comparisons"].append(pictures.save_png(strip, path))
     return files

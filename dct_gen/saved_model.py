@@ -28,7 +28,11 @@ InvalidArgumentError whose message names the argument and what it got ("temperat
 finite and > 0, got inf"): an argument of the wrong rank, a label out of range, num_samples
 below 1 or above the cap, a temperature that is not finite and > 0, a top_p outside (0, 1] (NaN
 included), an image of the wrong channels or size, a sequence whose arrays differ in length or
-hold ids out of range. Nothing computes on an argument before its checks pass.
+hold ids out of range, or a sequence no codec writes: log_prob names the first triple that
+breaks a rule of `representation.check_sequence` (a zero value, channels out of the ordering,
+positions not ascending within a channel, chroma at an odd row or column, a position outside the
+height x width image) and the rule, in its words. Nothing computes on an argument before its
+checks pass.
 
 upsample and colorize build their context as the numpy path does: the luma of a colour image
 with the codec's arithmetic, and Pillow's Lanczos resize reproduced in the graph pixel for pixel
@@ -48,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 
@@ -207,9 +212,9 @@ def target_size_tf(height, width, cfg: rep.DCTConfig):
     short = short / tf.cast(long_side, tf.float64)
     short = tf.cast(tf.round(short / step), tf.int32) * step  # round half to even, as Python
     short = tf.minimum(tf.maximum(short, step), cfg.resolution)
-    same = long_side == cfg.resolution
-    h = tf.where(same, height, tf.where(height >= width, cfg.resolution, short))
-    w = tf.where(same, width, tf.where(height >= width, short, cfg.resolution))
+    # As the numpy rule: the short side is rounded even when the long side already fits.
+    h = tf.where(height >= width, cfg.resolution, short)
+    w = tf.where(height >= width, short, cfg.resolution)
     return h, w
 
 
@@ -403,7 +408,63 @@ def _log_prob_arguments(channels, positions, values, height, width, *, cfg, capa
         _integer_in(t, name, 1, cfg.resolution)
         for name, t in (("height", height), ("width", width))
     ]
-    return out
+    return _possible_sequence(*out, cfg=cfg)
+
+
+def _fill(template: str, parts: dict):
+    """A `representation.SEQUENCE_MESSAGES` template with its {name} fields replaced by the
+    string tensors (or strings) of `parts`."""
+    pieces = re.split(r"\{(\w+)\}", template)
+    # re.split with a group: even items are the template's text, odd items the field names.
+    return tf.strings.join([parts[x] if k % 2 else x for k, x in enumerate(pieces)])
+
+
+def _possible_sequence(channels, positions, values, height, width, *, cfg):
+    """The checked log_prob arguments once they are a sequence the codec can produce; else an
+    InvalidArgumentError naming the first triple that breaks a rule and the rule, with
+    `representation.check_sequence`'s message (`representation.SEQUENCE_RULES`: a zero value,
+    channels out of the ordering, positions not ascending within a channel, chroma at an odd
+    row or column, a position outside the image). Such a sequence has probability zero under the
+    structural mask: scoring it would return about 1e9 nats as if it were a result."""
+    c, p, v = channels, positions, values
+    g, step = cfg.grid, 2 * cfg.block_size
+    in_vocab = (c >= 0) & (c < cfg.stop_token)
+    ranks = tf.constant(rep.channel_rank(cfg.block_size, cfg.ordering, cfg.interval), tf.int32)
+    rank = tf.gather(ranks, tf.where(in_vocab, c, 0))
+    before = lambda t: tf.concat([[-1], t[:-1]], 0)  # the previous triple's (-1 for the first)
+    row, col = p // g, p % g
+    rows = (height + step - 1) // step * 2
+    cols = (width + step - 1) // step * 2
+    broken = tf.stack(
+        [
+            ~in_vocab,
+            (p < 0) | (p >= g * g),
+            tf.abs(v) > cfg.clip,
+            tf.equal(v, 0),
+            rank < before(rank),
+            tf.equal(c, before(c)) & (p <= before(p)),
+            in_vocab & (c >= cfg.channels_per_plane) & ((row % 2 > 0) | (col % 2 > 0)),
+            (row >= rows) | (col >= cols),
+        ]
+    )  # (rules, L), in the order of rep.SEQUENCE_RULES
+    assert broken.shape[0] == len(rep.SEQUENCE_RULES)
+    # A column past the end, breaking rule 0, gives argmax something to find when nothing is
+    # broken (and an empty sequence something to gather): its message is never raised.
+    marker = tf.one_hot(0, len(rep.SEQUENCE_RULES), on_value=True, off_value=False)[:, None]
+    padded = tf.concat([broken, marker], 1)
+    i = tf.argmax(tf.cast(tf.reduce_any(padded, axis=0), tf.int32), output_type=tf.int32)
+    rule = tf.argmax(tf.cast(padded[:, i], tf.int32), output_type=tf.int32)
+    at = lambda t: tf.strings.as_string(tf.concat([t, [0]], 0)[i])
+    text = tf.strings.as_string
+    parts = dict(
+        i=text(i), c=at(c), p=at(p), v=at(v), prev_c=at(before(c)), prev_p=at(before(p)),
+        row=at(row), col=at(col), height=text(height), width=text(width), rows=text(rows),
+        cols=text(cols), stop=str(cfg.stop_token), positions=str(cfg.num_positions),
+        clip=str(cfg.clip), ordering=cfg.ordering,
+    )  # fmt: skip
+    messages = tf.stack([_fill(t, parts) for t in rep.SEQUENCE_MESSAGES])
+    ok = tf.debugging.Assert(~tf.reduce_any(broken), [tf.gather(messages, rule)])
+    return [_after(t, ok) for t in (channels, positions, values, height, width)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -125,6 +125,121 @@ def test_keep_rate_matches_length_over_l_max(dataset_dir):
     assert pvalue > 1e-3, (observed, expected)
 
 
+def test_colorization_filter_counts_the_chroma_part(luma_first_dir):
+    """With target_part 'chroma' the filter keeps a sequence with probability
+    min((L - luma) / L_max, 1): the targets it holds, not its whole length."""
+    cfg = records.representation_from_info(records.read_info(luma_first_dir))
+    seqs = _sequences(luma_first_dir)
+    assert len(seqs) == 16, "the fixture's lengths must be distinct"
+    targets = {n: n - int(np.sum(f["channels"] < cfg.channels_per_plane)) for n, f in seqs.items()}
+    # L_max the longest chroma part: every whole length passes it, so the old filter (whole
+    # lengths) kept nearly everything.
+    l_max = max(targets.values())
+    assert sum(n >= l_max for n in seqs) >= 12
+    epochs = 40
+    ds = data.make_dataset(
+        luma_first_dir, "train", batch_size=50, chunk_size=CHUNK, overlap=OVERLAP, seed=6,
+        l_max=l_max, shuffle_buffer=1, target_part="chroma",
+    )  # fmt: skip
+    kept = {n: 0 for n in seqs}
+    for batch in ds.as_numpy_iterator():
+        inside = batch["sequence_index"] < epochs * len(seqs)
+        for n in batch["length"][inside]:
+            kept[int(n)] += 1
+        if not inside.all():
+            break
+    lengths = sorted(seqs)
+    observed = np.array([kept[n] for n in lengths])
+    p = data.keep_probability([targets[n] for n in lengths], l_max)
+    expected = epochs * p
+    sd = np.sqrt(epochs * p * (1 - p))
+    assert np.all(np.abs(observed - expected) <= 4.5 * sd + 1), (observed, expected)
+
+
+def _twin_shards(src: str, dst: str) -> None:
+    """Copies a two-shard dataset with shard 1 replaced by shard 0 (info.json's shard list,
+    where there is one, agreeing): both input pipelines of a two-pipeline run then read the
+    same records in the same order."""
+    shutil.copytree(src, dst)
+    shards = records.split_files(dst, "train")
+    assert len(shards) == 2
+    shutil.copyfile(shards[0], shards[1])
+    info_path = os.path.join(dst, "info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    listed = info["splits"]["train"].get("shards")
+    if listed:
+        listed[1] = dict(listed[0], file=listed[1]["file"])
+        with open(info_path, "w") as f:
+            json.dump(info, f)
+
+
+def _pipeline(data_dir: str, pipeline: int, seed: int = 0):
+    """Input pipeline `pipeline` of two, as tf.distribute builds it on each host."""
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
+    )
+    return data.make_dataset(
+        data_dir, "train", batch_size=16, chunk_size=CHUNK, overlap=OVERLAP, seed=seed,
+        l_max=1, input_context=context,
+    )  # fmt: skip
+
+
+def test_input_pipelines_draw_independently(dataset_dir, tmp_path):
+    """Two pipelines reading the same records: their shuffles and chunk draws are their own
+    (they used to agree in every slot), and each is deterministic for its seed."""
+    twin = str(tmp_path / "twin")
+    _twin_shards(dataset_dir, twin)
+    slots = 64
+    a = _examples(_pipeline(twin, 0), slots)
+    b = _examples(_pipeline(twin, 1), slots)
+    # Each slot holds a record of the shard's 8 chosen by each shuffle: the same about 1 in 8.
+    same_record = sum(int(x["length"]) == int(y["length"]) for x, y in zip(a, b))
+    assert same_record < slots / 3, same_record
+    # Chunk draws agree about as often as independent draws would: per slot, the probability
+    # that two draws from the two sequences' chunk distributions are equal.
+    agree = sum(int(x["chunk_index"]) == int(y["chunk_index"]) for x, y in zip(a, b))
+    chance = []
+    for x, y in zip(a, b):
+        px, py = data.chunk_weights(int(x["num_chunks"])), data.chunk_weights(int(y["num_chunks"]))
+        n = min(px.size, py.size)
+        chance.append(float(np.sum(px[:n] * py[:n])))
+    chance = np.array(chance)
+    expected, sd = chance.sum(), np.sqrt(np.sum(chance * (1 - chance)))
+    assert abs(agree - expected) <= 4.5 * sd, (agree, expected, sd)
+    assert expected < 0.8 * slots  # a test that could tell the two apart
+    # Each pipeline is deterministic for its seed, and the seed changes it.
+    # (test_same_seed_same_batches shows that the seed changes the stream.)
+    again = _examples(_pipeline(twin, 1), 16)
+    for x, y in zip(b, again):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_pipeline_zero_keeps_the_single_pipeline_seeds():
+    """Runs started before the pipeline id was folded in resume with the same stream."""
+    assert data.pipeline_seeds(7) == data.pipeline_seeds(7, 0) == (7, (7, 0))
+    shuffle_seed, key = data.pipeline_seeds(7, 1)
+    assert key == (7, 1) and shuffle_seed not in (7, data.pipeline_seeds(7, 2)[0])
+    assert data.pipeline_seeds(7, 1) == (shuffle_seed, key)
+    assert 0 <= data.pipeline_seeds(-3, 1)[0] < 2**63
+
+
+@pytest.mark.slow  # three pipelines built and read: about 4 s
+def test_a_second_pipeline_resumes_from_a_checkpoint(dataset_dir, tmp_path):
+    """The iterator checkpoint restores pipeline 1's position: its shuffle and draws resume."""
+    it = iter(_pipeline(dataset_dir, 1, seed=3))
+    for _ in range(3):
+        next(it)
+    saved = tf.train.Checkpoint(data=it).write(str(tmp_path / "ckpt" / "it"))
+    expected = [next(it) for _ in range(3)]
+    resumed = iter(_pipeline(dataset_dir, 1, seed=3))
+    tf.train.Checkpoint(data=resumed).read(saved).assert_consumed()
+    for x, y in zip(expected, [next(resumed) for _ in range(3)]):
+        for k in x:
+            np.testing.assert_array_equal(x[k].numpy(), y[k].numpy())
+
+
 # --------------------------------------------------------------------------------------------
 # What each example holds.
 

@@ -531,6 +531,39 @@ def test_graph_checks_name_the_other_bad_arguments(graph_checks):
         assert message in got, changes
 
 
+# Sequences no codec writes (the test config: B = 4, G = 8, interleaved: Y0 = 0, Cb0 = 16,
+# Cr0 = 32, Y1 = 1, ...), each a change to VALID_SEQUENCE and the start of the message that
+# names its first broken triple and the rule, as representation.check_sequence words it.
+VALID_SEQUENCE = dict(
+    channels=[0, 0, 16, 1], positions=[0, 9, 2, 3], values=[5, -3, 4, 2], height=16, width=32
+)
+IMPOSSIBLE_SEQUENCES = [
+    (dict(values=[5, 0, 4, 2]), "triple 1: value 0 (channel 0, position 9); stored values are"),
+    (dict(channels=[0, 0, 16, 0]), "triple 3: channel 0 comes before channel 16 of the previous"),
+    (dict(positions=[0, 0, 2, 3]), "triple 1: position 0 of channel 0 does not come after"),
+    (dict(positions=[0, 9, 3, 3]), "triple 2: chroma channel 16 at position 3 (row 0, column 3)"),
+    (dict(height=8, positions=[0, 17, 2, 3]), "triple 1: position 17 (row 2, column 1) lies"),
+    (dict(width=8), "triple 2: position 2 (row 0, column 2) lies outside the 16x8 image, whose"),
+    (dict(values=[5, 0, 4, 2], width=8), "triple 1: value 0"),  # the first broken triple
+]
+
+
+def test_graph_checks_refuse_an_impossible_sequence(graph_checks):
+    """log_prob's graph check names the first broken triple and its rule, in the words of the
+    numpy check; a sequence the codec can write passes unchanged."""
+    cfg = graph_checks["cfg"]
+    out = graph_checks["log_prob"](*_log_prob_args(cfg, **VALID_SEQUENCE))
+    assert [t.numpy().tolist() for t in out] == list(VALID_SEQUENCE.values())
+    for changes, message in IMPOSSIBLE_SEQUENCES:
+        args = {**VALID_SEQUENCE, **changes}
+        got = _failure(graph_checks["log_prob"], *_log_prob_args(cfg, **args))
+        with pytest.raises(ValueError) as raised:
+            c, p, v = (np.array(args[k]) for k in ("channels", "positions", "values"))
+            rep.check_sequence(c, p, v, cfg, args["height"], args["width"])
+        assert str(raised.value).startswith(message), (changes, str(raised.value))
+        assert f"[{raised.value}]" in got, (changes, got)
+
+
 @pytest.fixture(scope="module")
 def loaded(exported):
     return tf.saved_model.load(exported[0])
@@ -556,6 +589,14 @@ def test_the_saved_model_names_each_bad_argument(loaded, trained_run, test_confi
     assert "channels: must be a vector (L,) int32, got shape [1 2]" in got
     got = _failure(log_prob, **{**args, "height": tf.constant([16])})
     assert f"height: {SCALAR_SHAPE}, got shape [1]" in got
+    # An impossible sequence is refused, naming its first broken triple and the rule (it used
+    # to be scored about 1e9 nats).
+    for changes, message in IMPOSSIBLE_SEQUENCES:
+        values = _log_prob_args(cfg, **{**VALID_SEQUENCE, **changes})
+        got = _failure(log_prob, **dict(zip(VALID_SEQUENCE, values)))
+        assert message in got, (changes, got)
+    valid = log_prob(**dict(zip(VALID_SEQUENCE, _log_prob_args(cfg, **VALID_SEQUENCE))))
+    assert 0 < float(valid["nats"]) < 1e4
     # A wrong dtype is refused by TensorFlow before the graph runs; docs/sampling.md lists them.
     with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)):
         _sample_call(sample, seed=tf.constant(0, tf.int32))

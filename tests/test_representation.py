@@ -342,14 +342,23 @@ def test_resize_long_side_and_aspect():
     assert decode(seq, cfg).shape == (176, 256, 3)
 
 
-def test_resize_is_a_no_op_when_long_side_matches():
+def test_resize_is_a_no_op_only_for_the_target_size():
     rng = np.random.default_rng(1)
-    image = rng.integers(0, 256, size=(301, 512, 3), dtype=np.uint8)
     cfg = DCTConfig(resolution=512)
+    image = rng.integers(0, 256, size=(304, 512, 3), dtype=np.uint8)
     assert rep.resize(image, cfg) is image
-    seq = encode(image, cfg)
-    assert (seq.height, seq.width) == (301, 512)
-    assert decode(seq, cfg).shape == (301, 512, 3)
+    # The long side already equals the resolution: the short side is still rounded to a
+    # multiple of 2B = 16 (301 -> 304, 295 -> 288 on the other axis), so that the extent rule
+    # recovers the size of the image.
+    assert rep.target_size(301, 512, cfg) == (304, 512)
+    assert rep.target_size(512, 295, cfg) == (512, 288)
+    for shape in ((301, 512, 3), (512, 295, 3)):
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        seq = encode(image, cfg)
+        size = rep.target_size(*shape[:2], cfg)
+        assert (seq.height, seq.width) == size
+        assert decode(seq, cfg).shape == (*size, 3)
+        assert rep.extent_from_positions(seq.positions, cfg) == size
 
 
 def test_extent_rule_recovers_resized_sizes(color_photos):
@@ -433,6 +442,84 @@ def test_check_triples_rejects_out_of_range():
         rep.check_triples(np.array([0]), np.array([0]), np.array([1201]), cfg)
     with pytest.raises(ValueError, match="chroma"):
         rep.check_triples(np.array([64]), np.array([1]), np.array([1]), cfg)
+
+
+def _sequence(cfg, triples):
+    c, p, v = (np.array(t, np.int32) for t in zip(*triples))
+    return c, p, v
+
+
+def test_check_sequence_accepts_what_the_codec_writes(color_photos):
+    for ordering in rep.ORDERINGS:
+        cfg = DCTConfig(block_size=4, resolution=64, ordering=ordering)
+        for image in list(color_photos.values())[:2]:
+            seq = encode(image, cfg)
+            rep.check_sequence(seq.channels, seq.positions, seq.values, cfg, seq.height, seq.width)
+            assert not rep.sequence_violations(seq.channels, seq.positions, seq.values, cfg).any()
+    empty = np.zeros(0, np.int32)
+    rep.check_sequence(empty, empty, empty, cfg, 8, 8)
+
+
+# (changes to the valid sequence below, the message check_sequence gives). The config: B = 4,
+# G = 16 (resolution 64), interleaved: Y0 (channel 0), Cb0 (16), Cr0 (32), Y1 (1), ... in turn.
+# The image is 24 x 40: blocks rows [0, 6), columns [0, 10).
+VALID = [(0, 0, 5), (0, 17, -3), (16, 2, 4), (32, 34, 1), (1, 5, 2)]
+BROKEN_SEQUENCES = [
+    ({1: (0, 17, 0)}, "triple 1: value 0 (channel 0, position 17); stored values are never zero"),
+    (
+        {3: (0, 40, 2)},
+        "triple 3: channel 0 comes before channel 16 of the previous triple in the interleaved "
+        "ordering; channels must follow the ordering",
+    ),
+    (
+        {1: (0, 0, 2)},
+        "triple 1: position 0 of channel 0 does not come after position 0 of the previous "
+        "triple; positions must ascend within a channel",
+    ),
+    (
+        {1: (0, 16, 2), 2: (16, 3, 4)},  # 16 is one row down, the same channel: still ascending
+        "triple 2: chroma channel 16 at position 3 (row 0, column 3); chroma sits at even rows "
+        "and columns only",
+    ),
+    (
+        {2: (16, 32, 4)},  # row 2, column 0: even, a chroma position, inside
+        None,
+    ),
+    (
+        {4: (1, 6 * 16, 2)},
+        "triple 4: position 96 (row 6, column 0) lies outside the 24x40 image, whose blocks are "
+        "rows [0, 6) and columns [0, 10)",
+    ),
+    (
+        {4: (1, 10, 2)},
+        "triple 4: position 10 (row 0, column 10) lies outside the 24x40 image, whose blocks "
+        "are rows [0, 6) and columns [0, 10)",
+    ),
+    ({0: (48, 0, 1)}, "triple 0: channel 48 outside [0, 48) (the stop token 48 is not stored)"),
+    ({4: (1, 256, 1)}, "triple 4: position 256 outside [0, 256)"),
+    ({3: (32, 34, -1201)}, "triple 3: value -1201 outside [-1200, 1200]"),
+    # Two rules broken: the first triple that breaks one is named.
+    ({1: (0, 17, 0), 3: (0, 40, 2)}, "triple 1: value 0"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BROKEN_SEQUENCES)
+def test_check_sequence_names_the_first_broken_triple_and_rule(changes, message):
+    cfg = DCTConfig(block_size=4, resolution=64)
+    triples = [changes.get(i, t) for i, t in enumerate(VALID)]
+    c, p, v = _sequence(cfg, triples)
+    if message is None:
+        rep.check_sequence(c, p, v, cfg, 24, 40)
+        return
+    with pytest.raises(ValueError) as raised:
+        rep.check_sequence(c, p, v, cfg, 24, 40)
+    assert str(raised.value).startswith(message), str(raised.value)
+    i = int(message.split(":")[0].split()[1])
+    broken = rep.sequence_violations(c, p, v, cfg, 24, 40)
+    assert np.flatnonzero(broken.any(axis=0))[0] == i
+    # Without the image size the image rule is not checked.
+    if "outside the" in message:
+        rep.check_sequence(c, p, v, cfg)
 
 
 def test_bits_closed_form():

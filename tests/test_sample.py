@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from testing_helpers import build, real_window, small_config, stack_windows
 
 from dct_gen import layers, photos, pictures, sample, sampling
@@ -47,13 +48,25 @@ def photo_sequences(color_photos):
     return config, [rep.encode(im, config.dct) for im in list(color_photos.values())[:2]]
 
 
-@pytest.mark.parametrize("num_classes", [None, 3])
-@pytest.mark.parametrize("prefill", [False, True])
-def test_cached_decoding_equals_the_full_forward_pass(photo_sequences, num_classes, prefill):
+@pytest.mark.parametrize(
+    "num_classes,prefill,overlap",
+    [
+        (None, False, 4),
+        (None, True, 4),
+        (3, False, 4),
+        (3, True, 4),
+        (None, False, 0),
+        (3, True, 0),
+    ],
+)
+def test_cached_decoding_equals_the_full_forward_pass(
+    photo_sequences, num_classes, prefill, overlap
+):
     config, seqs = photo_sequences
-    config = dataclasses.replace(config, num_classes=num_classes)
+    config = dataclasses.replace(config, num_classes=num_classes, overlap=overlap)
     model = build(config)
-    starts = (12, 24) if prefill else (0, 12, 24)  # the prefill needs a known overlap
+    # The prefill needs a known overlap; with none, it does nothing.
+    starts = (12, 24) if prefill else (0, 12, 24)
     windows = [
         real_window(s, config.dct, start, config.chunk_size, config.overlap)
         for s in seqs
@@ -88,8 +101,48 @@ def _valid(state, config):
     lengths = state["length"].numpy()
     for i, n in enumerate(lengths):
         c, p, v = (state[k].numpy()[i, :n] for k in ("channels", "positions", "values"))
-        rep.check_triples(c, p, v, config.dct)  # raises on any broken rule
+        rep.check_sequence(c, p, v, config.dct)  # raises on any broken rule
     return lengths
+
+
+def test_without_overlap_later_chunks_follow_the_previous_chunk(photo_sequences):
+    """With O = 0 the first element of chunk k > 0 has no previous element in its window: the
+    decoders see the start vector there, as in training, and the structural mask follows the
+    previous chunk's last element. Samples used to repeat (channel, position) pairs there, and
+    the summed values overflowed the next chunk's embedding."""
+    config, seqs = photo_sequences
+    config = dataclasses.replace(config, overlap=0)
+    model = build(config, seed=1)
+    sampler = sampling.Sampler(model, config)
+    # The training window of a later chunk, scored through the caches with the element before
+    # it given: the model's own logits wherever the mask allows a move, on every element.
+    start = 12
+    batch = stack_windows([real_window(s, config.dct, start, 12, 0) for s in seqs])
+    before = [np.array([getattr(s, k)[start - 1] for s in seqs]) for k in ("channels", "positions")]
+    full = model_lib.forward(model, batch)
+    cached, _ = sampler.cached_logits(batch, before=before)
+    for name in ("channel", "position", "value"):
+        got, want = np.asarray(cached[name]), np.asarray(full[name])
+        np.testing.assert_allclose(got[:, 1:], want[:, 1:], atol=2e-5, rtol=1e-5)
+        allowed = got[:, 0] > layers.MASK_VALUE
+        np.testing.assert_allclose(got[:, 0][allowed], want[:, 0][allowed], atol=2e-5, rtol=1e-5)
+    for i, s in enumerate(seqs):
+        # The true element stays allowed. Its channel is the previous element's, so the
+        # positions up to the previous one are masked, which the window alone cannot tell.
+        c, p = s.channels[start], s.positions[start]
+        assert c == s.channels[start - 1], "the window must start inside a channel's run"
+        assert cached["channel"][i, 0, c] > layers.MASK_VALUE
+        assert cached["position"][i, 0, p] > layers.MASK_VALUE
+        taken = slice(0, s.positions[start - 1] + 1)
+        assert np.all(cached["position"][i, 0, taken] == layers.MASK_VALUE)
+        assert np.all(np.asarray(full["position"])[i, 0, taken] > layers.MASK_VALUE)
+
+    # Sampling several chunks: every sequence follows every structural rule.
+    _bias_stop(model, config, -1000.0)  # long sequences: every chunk boundary is crossed
+    state = sampler.sample(
+        sampler.initial_state(4, 4 * config.chunk_size), sampling.SampleOptions(max_chunks=4), 7
+    )
+    np.testing.assert_array_equal(_valid(state, config), 4 * config.chunk_size)
 
 
 def test_samples_are_valid_seeded_and_cut_at_the_chunk_limit():
@@ -361,6 +414,31 @@ def test_pictures(photo_sequences, tmp_path):
     r, c = divmod(int(counts.argmax()), cfg.grid)
     b = cfg.block_size
     np.testing.assert_array_equal(hm[r * b, c * b], [255, 255, 255])
+
+
+def test_sample_json_and_the_grid_say_how_each_sample_was_drawn(photo_sequences, tmp_path):
+    config, seqs = photo_sequences
+    cfg = config.dct
+    samples = sampling.Samples(cfg, seqs, np.array([True, False]), np.zeros(2), np.array([1, 0]))
+    info = dict(seed=7, temperature=0.9, top_p=0.95, top_k=0, checkpoint_step=30)
+    plain = sampling.write_samples(samples, str(tmp_path / "plain"), panel=64)
+    files = sampling.write_samples(
+        samples, str(tmp_path / "info"), panel=64, info={**info, "label_names": ["sky", "sea"]}
+    )
+    summary = json.load(open(files["summary"][0]))
+    for key, value in info.items():
+        assert summary[key] == value
+    assert summary["guidance"] is None
+    assert [s["label_name"] for s in summary["samples"]] == ["sea", "sky"]
+    assert [s["index"] for s in summary["samples"]] == [0, 1]
+    caption = summary["samples"][0]["caption"]
+    assert caption[:2] == ["label 1: sea", "seed 7 #0"] and "step 30" in caption
+    assert "T 0.9 top-p 0.95" in caption
+    assert json.load(open(plain["summary"][0]))["samples"][0]["label_name"] is None  # no names
+    # The captions are drawn under the cells: the grid is taller than the bare one.
+    bare = pictures.grid([pictures.enlarge(im, 64) for im in samples.images()])
+    captioned = np.asarray(Image.open(files["grid"][0]))
+    assert captioned.shape[0] > bare.shape[0]
 
 
 def test_sampler_runs_under_keras_mixed_precision(photo_sequences):
