@@ -189,19 +189,19 @@ def test_progressive_points():
 
 
 def test_progressive_strip_panels_are_the_decoded_prefixes(tmp_path, capsys):
-    image = _save(tmp_path / "wide.png", _made_image(40, 64, seed=5))
+    image = _save(tmp_path / "wide.png", _made_image(48, 64, seed=5))
     out = str(tmp_path / "strip.png")
     args = ["--steps", "4", "--spacing", "linear", "--panel_size", "0", "--resolution", "64"]
     assert codec.main(["progressive", image, *args, "--out", out]) == 0
     (record,) = _json_lines(capsys.readouterr().out)
     strip = np.asarray(Image.open(out))
-    margin, steps, (h, w) = 8, 4, (40, 64)  # long side = resolution: not resized
+    margin, steps, (h, w) = 8, 4, (48, 64)  # the target size already: not resized
     assert record["strip_size"] == [strip.shape[1], strip.shape[0]]
     assert strip.shape[1] == steps * w + (steps + 1) * margin
     assert strip.shape[0] > h + 2 * margin  # room for the labels
 
     cfg = rep.DCTConfig(resolution=64)
-    seq = rep.encode(_made_image(40, 64, seed=5), cfg)
+    seq = rep.encode(_made_image(48, 64, seed=5), cfg)
     assert record["length"] == len(seq) and record["points"][-1] == len(seq)
     assert record["points"] == pictures.progressive_points(len(seq), steps, "linear")
     for i, n in enumerate(record["points"]):
@@ -260,7 +260,8 @@ def test_stats_table_csv_and_plot(tmp_path, capsys):
     subpixels = rep.num_subpixels(*resized.shape[:2])
     assert int(row["length"]) == len(seq)
     assert float(row["sparse_bpsp"]) == pytest.approx(rep.sparse_bits(len(seq), cfg) / subpixels)
-    assert float(row["dense_bpsp"]) == pytest.approx(rep.dense_bits(64, 40, cfg) / subpixels)
+    dense = rep.dense_bits(*resized.shape[:2], cfg)  # 64 x 40 is resized: 40 rounds to 2B
+    assert float(row["dense_bpsp"]) == pytest.approx(dense / subpixels)
     assert float(row["jpeg_bpsp"]) == pytest.approx(codec_files.jpeg_bits(resized, 25) / subpixels)
     mean_jpeg = np.mean([float(r["jpeg_bpsp"]) for r in rows if r["quality"] == "25"])
     assert float(summary[0]["jpeg_bpsp"]) == pytest.approx(mean_jpeg)
