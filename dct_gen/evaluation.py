@@ -94,9 +94,11 @@ def likelihood(
     split: str,
     batch_size: int | None = None,
     max_batches: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Exact bits per subpixel of a split under the run's model: `dct_gen.training.evaluate`'s
-    (name, value) pairs as a dict (total, per component, per chunk index, counts).
+    (name, value) pairs as a dict (total, per component, per chunk index, counts). progress:
+    called with a line (chunks, sequences, rate, ETA) at most once a second.
 
     Args:
       run: from `dct_gen.run_dir.load_run`.
@@ -141,6 +143,7 @@ def likelihood(
                 overlap=run.train_config.overlap,
                 target_part=run.train_config.target_part,
                 max_batches=max_batches,
+                progress=progress,
             )
         )
 
@@ -369,13 +372,21 @@ def score_sequences(
 
     Raises:
       UsageError: batch_size does not split over the replicas.
+      InputError: a sequence the codec cannot write (`representation.check_sequence`: a zero
+        value, channels out of order, ...), named with its index and the rule it breaks.
     """
     import numpy as np
     import tensorflow as tf
 
     from dct_gen import data, training
+    from dct_gen import representation as rep
 
     cfg = run.model_config.dct
+    for k, s in enumerate(sequences):
+        try:
+            rep.check_sequence(s.channels, s.positions, s.values, cfg, s.height, s.width)
+        except ValueError as e:
+            raise InputError(f"sequence {k}: {e}") from None
     chunk, overlap = run.train_config.chunk_size, run.train_config.overlap
     batch_size = batch_size or run.train_config.batch_size
     replicas = run.strategy.num_replicas_in_sync
@@ -844,7 +855,7 @@ def run_evaluation(
       out: the JSON path (default MODEL_DIR/evaluation.json).
       strategy: the tf.distribute strategy of the model (None: the default).
       log: where notes, results and the images table go.
-      progress: where the images' progress lines go (None: nowhere).
+      progress: where progress lines go (the split's and the images'; None: nowhere).
 
     Raises:
       UsageError: nothing to evaluate, or sample metrics without a reference dataset.
@@ -910,7 +921,12 @@ def run_evaluation(
         split = split or default_split(model_dir)
         start = time.perf_counter()
         values = likelihood(
-            run, data_dir=data_dir, split=split, batch_size=batch_size, max_batches=max_batches
+            run,
+            data_dir=data_dir,
+            split=split,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            progress=progress,
         )
         log(
             f"step {run.step}: {split} {values['bits_per_subpixel']:.4f} bits per subpixel over "

@@ -638,8 +638,12 @@ def evaluate(
     overlap: int,
     target_part: str,
     max_batches: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[str, float]]:
     """Exact bits per subpixel of a held-out split: yields (name, value) pairs.
+
+    progress, when given, is called at most once a second with a line: chunks scored, sequences
+    begun of the split's total (info.json), the rate and an ETA from that fraction.
 
     Every chunk of every sequence is scored once (data.make_dataset(mode='eval')); a sequence's
     bits are the sum over its chunks' target elements, stop token included, divided by
@@ -673,8 +677,27 @@ def evaluate(
     ds = strategy.experimental_distribute_dataset(ds.with_options(options))
     sequences = collections.defaultdict(lambda: np.zeros(len(COMPONENTS)))
     chunks = collections.defaultdict(list)  # chunk index -> [(3,) bits per subpixel]
+    total = None
+    if progress is not None:
+        from dct_gen import records
+
+        try:
+            total = int(records.read_info(data_dir)["splits"][split]["counts"]["written"])
+        except (KeyError, TypeError, ValueError):  # a count info.json does not give: no ETA
+            total = None
+    start, shown, scored = time.perf_counter(), 0.0, 0
     for batch in data.iterate(ds, paths):
         out = {k: v.numpy() for k, v in eval_step(batch).items()}
+        scored += int(out["valid"].sum())
+        now = time.perf_counter()
+        if progress is not None and now - shown >= 1.0:
+            shown, seconds = now, now - start
+            line = f"{split}: {scored} chunks scored, {len(sequences)} sequences"
+            if total:
+                done = min(1.0, len(sequences) / total)
+                eta = _format_seconds(seconds * (1 - done) / done) if done else "?"
+                line += f" of {total}, {scored / max(seconds, 1e-9):.1f} chunks/s, ETA {eta}"
+            progress(line)
         subpixels = 3.0 * out["height"].astype(np.float64) * out["width"]
         nats = np.stack([out[f"{c}_nats"] for c in COMPONENTS], axis=1).astype(np.float64)
         for i in np.flatnonzero(out["valid"]):

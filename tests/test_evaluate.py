@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from dct_gen import evaluate, evaluation, metrics, photos, run_dir
+from dct_gen import representation as rep
 from dct_gen.errors import InputError
 
 COMPONENTS = ("channel", "position", "value")
@@ -95,7 +96,10 @@ def test_bits_per_subpixel_equal_the_training_runs_evaluation(run_copy, test_dat
     ):
         step, value = tags[tag]
         assert step == 30 and value == pytest.approx(got[name], rel=1e-6)
-    assert "restored" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "restored" in printed.out
+    # Progress on stderr: chunks, sequences of the split's total (info.json), rate and ETA.
+    assert "validation: " in printed.err and " of 4, " in printed.err and "ETA" in printed.err
 
     # An older checkpoint (no evaluation in eval.jsonl at step 20): other figures, which do not
     # depend on the batch size.
@@ -535,3 +539,21 @@ def test_evaluation_does_not_write_into_a_run_that_a_training_holds(
     finally:
         child.kill()
         child.wait()
+
+
+def test_score_sequences_refuses_a_sequence_the_codec_cannot_write():
+    """The Python log_prob path names the sequence, the triple and the rule, as
+    representation.check_sequence does, before the model is touched."""
+    from types import SimpleNamespace
+
+    cfg = rep.DCTConfig(block_size=8, quality=75, resolution=32, clip=200)
+    good = rep.encode(np.full((32, 32, 3), 120, np.uint8), cfg)
+    values = good.values.copy()
+    values[0] = 0
+    bad = rep.DCTSequence(good.channels, good.positions, values, good.height, good.width)
+    with pytest.raises(ValueError) as want:
+        rep.check_sequence(bad.channels, bad.positions, bad.values, cfg, bad.height, bad.width)
+    run = SimpleNamespace(model_config=SimpleNamespace(dct=cfg))  # nothing else is reached
+    with pytest.raises(InputError) as e:
+        evaluation.score_sequences(run, [good, bad])
+    assert str(e.value) == f"sequence 1: {want.value}"
