@@ -13,7 +13,8 @@ precision, seeds), input, model and optimizer, restore, loop, evaluate, save.
   (`writes_run_dir`); the others save their checkpoint copies to a temporary folder, removed
   at once (`save_worker_copy`), restore the chief's checkpoint but its iterators, and start a
   new input stream on resume (`worker_stream_seed`). The workers agree on stopping (a SIGTERM
-  to any, a chief that refuses to start) and end together (`make_worker_agreement`).
+  to any, a chief that refuses to start: `make_worker_agreement`) and leave `train` together
+  (`_workers_end_together`).
 - Optimisation: Adam; learning rate linear from 0 over warmup_steps, then cosine to 0 at the
   last step (`make_learning_rate`); gradients clipped to a global norm. The run's length is
   train_config.tokens target elements (elements that carry loss), converted to steps as
@@ -985,8 +986,7 @@ def _workers_end_together(train_fn):
         try:
             result = train_fn(*args, **kwargs)
         except NonFiniteLossError as e:
-            traceback.clear_frames(e.__traceback__)  # frees train's objects, keeps the trace
-            _leave_together(kwargs.get("strategy"), kwargs.get("tpu"))
+            _leave_together(kwargs.get("strategy"), kwargs.get("tpu"), e)
             raise
         _leave_together(kwargs.get("strategy"), kwargs.get("tpu"))
         return result
@@ -994,13 +994,18 @@ def _workers_end_together(train_fn):
     return train_and_end_together
 
 
-def _leave_together(strategy, tpu: str | None) -> None:
-    """The barrier of `_workers_end_together`, after a garbage collection (a Keras model's
-    objects refer to each other, so returning alone does not free them)."""
+def _leave_together(strategy, tpu: str | None, error: BaseException | None = None) -> None:
+    """The barrier of `_workers_end_together` in a multi-worker job (nothing otherwise), after
+    a garbage collection: a Keras model's objects refer to each other, so returning alone does
+    not free them. After an error, the locals of the traceback's frames are cleared first (the
+    trace itself is kept): they hold what train built."""
     strategy = strategy or make_strategy(tpu)
-    if is_multi_worker(strategy):
-        gc.collect()
-        make_worker_agreement(strategy)(False)
+    if not is_multi_worker(strategy):
+        return
+    if error is not None:
+        traceback.clear_frames(error.__traceback__)
+    gc.collect()
+    make_worker_agreement(strategy)(False)
 
 
 @_workers_end_together
