@@ -116,16 +116,104 @@ def dct_config_for_data(from_info: DCTConfig, where: str = "info.json") -> DCTCo
     return from_info
 
 
-@gin.configurable("model_config")
-def model_config(dct: DCTConfig | None = None, **kwargs):
+@dataclasses.dataclass(frozen=True)
+class DatasetClasses:
+    """What a dataset's info.json says about the classes of the split a model trains on.
+
+    Attributes:
+      label_names: the class names (index = label); None: the split is unlabelled.
+      where: the info.json path, for messages.
+      split: the split's name, for messages.
+    """
+
+    label_names: tuple[str, ...] | None
+    where: str = "info.json"
+    split: str = "train"
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any], split: str, where: str) -> DatasetClasses:
+        """The classes info.json (already read, at `where`) records for `split`.
+
+        Raises:
+          InputError: the split is not in info.json, or its label_names is not a list of names.
+        """
+        splits = info.get("splits", {})
+        entry = splits.get(split)
+        if not isinstance(entry, Mapping):
+            raise InputError(f"{where} has no split {split!r} (it has {sorted(splits)})")
+        names = entry.get("label_names")
+        if names is None or names == []:
+            return cls(None, where, split)
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise InputError(
+                f"{where}: splits.{split}.label_names = {names!r}: must be a list of names"
+            )
+        return cls(tuple(str(n) for n in names), where, split)
+
+    def num_classes(self, bound: int | None) -> int | None:
+        """The model's class count: `bound` (what gin's model_config.num_classes says) checked
+        against the dataset; None (not bound) takes the dataset's count; 0 asks for an
+        unconditional model on purpose.
+
+        Returns:
+          The number of classes, or None for an unconditional model.
+
+        Raises:
+          InputError: gin's count contradicts the dataset's, or a conditional model meets an
+            unlabelled split; the message names both values.
+        """
+        if bound is None:
+            return len(self.label_names) if self.label_names else None
+        if _is_integer(bound) and bound == 0:
+            return None
+        if not _is_integer(bound) or bound < 0:
+            return bound  # ModelConfig names the binding and what it must be
+        check_num_classes(int(bound), self, source=" in gin")
+        return int(bound)
+
+
+def check_num_classes(num_classes: int | None, classes: DatasetClasses, source: str = "") -> None:
+    """Refuses a class-conditional model (num_classes >= 1) whose dataset split is unlabelled or
+    has another number of classes. An unconditional model (None) fits any dataset.
+
+    Raises:
+      InputError: e.g. `model_config.num_classes = 2 in gin, but DATA/info.json lists 3
+        label_names for split 'train'`.
+    """
+    if not num_classes:
+        return
+    stated = f"model_config.num_classes = {num_classes}{source}"
+    if classes.label_names is None:
+        raise InputError(
+            f"{stated} (a class-conditional model), but {classes.where} lists no label_names for "
+            f"split {classes.split!r}: the dataset is unlabelled (build it with --labels_from_dirs "
+            "or from a labelled TFDS dataset, or set model_config.num_classes = 0)"
+        )
+    if len(classes.label_names) != num_classes:
+        raise InputError(
+            f"{stated}, but {classes.where} lists {len(classes.label_names)} label_names for "
+            f"split {classes.split!r} (leave model_config.num_classes unset to take the "
+            "dataset's, or 0 for an unconditional model)"
+        )
+
+
+@gin.configurable("model_config", denylist=["dct", "classes"])
+def model_config(dct: DCTConfig | None = None, classes: DatasetClasses | None = None, **kwargs):
     """The architecture, a `dct_gen.model.ModelConfig`; `dct` defaults to `dct_config()`.
 
-    Keys: the fields of ModelConfig.
+    Keys: the fields of ModelConfig. `num_classes` unset (None) takes the dataset's count of
+    classes when `classes` is given (a labelled dataset trains a class-conditional model), and
+    0 asks for an unconditional model.
+
+    Args:
+      dct: the representation (None: `dct_config()`).
+      classes: the training split's classes (`DatasetClasses.from_info`); None: no dataset
+        (a dry run), and num_classes None or 0 is unconditional.
 
     Raises:
       InputError: an unknown key, a value out of range or of the wrong kind (the message names
-        it: `model_config.hidden_size = 'abc': must be an integer >= 1`), or a representation
-        field that is needed and not bound.
+        it: `model_config.hidden_size = 'abc': must be an integer >= 1`), a representation
+        field that is needed and not bound, or a class count the dataset contradicts.
     """
     from dct_gen import model as model_lib
 
@@ -133,6 +221,11 @@ def model_config(dct: DCTConfig | None = None, **kwargs):
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise InputError(f"unknown model_config keys {unknown}; known: {sorted(fields)}")
+    bound = kwargs.get("num_classes")
+    if classes is not None:
+        kwargs["num_classes"] = classes.num_classes(bound)
+    elif _is_integer(bound) and bound == 0:
+        kwargs["num_classes"] = None
     dct = dct or dct_config()
     try:
         return model_lib.ModelConfig(dct=dct, **kwargs)
@@ -142,6 +235,8 @@ def model_config(dct: DCTConfig | None = None, **kwargs):
 
 
 TARGET_PARTS = ("all", "chroma")
+# train_config.label_dropout of a class-conditional model when gin leaves it unset.
+DEFAULT_LABEL_DROPOUT = 0.1
 # TrainConfig's integer fields and their least values.
 _INTEGER_FIELDS = {"batch_size": 1, "tokens": 1, "warmup_steps": 0, "chunk_size": 1, "overlap": 0}
 
@@ -172,6 +267,11 @@ class TrainConfig:
       mixed_precision: bfloat16 compute with float32 variables.
       grad_clip_norm: gradients are clipped to this global norm (the paper does not say; 1.0);
         finite and > 0, or None: no clipping.
+      label_dropout: the rate at which a class-conditional model's training examples have
+        their label replaced by the null label (-1), so that the "no label" embedding is
+        trained (unconditional sampling, upsampling and classifier-free guidance use it); in
+        [0, 1). None: DEFAULT_LABEL_DROPOUT for a class-conditional model, 0 otherwise
+        (`with_label_dropout` settles it when the model is known).
     """
 
     batch_size: int
@@ -183,6 +283,7 @@ class TrainConfig:
     target_part: str = "all"
     mixed_precision: bool = True
     grad_clip_norm: float | None = 1.0
+    label_dropout: float | None = None
 
     def __post_init__(self):
         self.check()
@@ -190,10 +291,29 @@ class TrainConfig:
         # numpy integer): config.json stores them as JSON.
         for name in _INTEGER_FIELDS:
             object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("learning_rate", "grad_clip_norm"):
+        for name in ("learning_rate", "grad_clip_norm", "label_dropout"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, float(value))
+
+    def with_label_dropout(self, num_classes: int | None) -> TrainConfig:
+        """This config with label_dropout settled for a model with `num_classes` classes (None:
+        unconditional): its default when unset.
+
+        Raises:
+          InputError: label_dropout > 0 for an unconditional model (there is no label to drop).
+        """
+        if not num_classes:
+            if self.label_dropout:
+                raise InputError(
+                    f"train_config.label_dropout = {self.label_dropout}, but the model is "
+                    "unconditional (model_config.num_classes is unset or 0): there is no label "
+                    "to drop; remove the binding or give the model classes"
+                )
+            return dataclasses.replace(self, label_dropout=0.0)
+        if self.label_dropout is None:
+            return dataclasses.replace(self, label_dropout=DEFAULT_LABEL_DROPOUT)
+        return self
 
     def check(self) -> None:
         """Raises InputError naming the first field out of range, as
@@ -223,6 +343,12 @@ class TrainConfig:
                 f"train_config.target_part = {self.target_part!r}: must be one of "
                 f"{', '.join(repr(p) for p in TARGET_PARTS)}"
             )
+        dropout = self.label_dropout
+        if dropout is not None and (not _is_number(dropout) or not 0 <= dropout < 1):
+            raise InputError(
+                f"train_config.label_dropout = {dropout!r}: must be a number in [0, 1) (None: "
+                f"{DEFAULT_LABEL_DROPOUT} for a class-conditional model)"
+            )
         if not isinstance(self.mixed_precision, bool):
             raise InputError(
                 f"train_config.mixed_precision = {self.mixed_precision!r}: must be True or False"
@@ -248,10 +374,12 @@ def train_config(
     target_part: str = "all",
     mixed_precision: bool = True,
     grad_clip_norm: float | None = 1.0,
+    label_dropout: float | None = None,
 ) -> TrainConfig:
     """The run's hyperparameters; batch_size, learning_rate and tokens must be bound.
 
-    `grad_clip_norm = None` turns clipping off.
+    `grad_clip_norm = None` turns clipping off. `label_dropout = None` (unset) is 0.1 for a
+    class-conditional model and 0 for an unconditional one.
 
     Raises:
       InputError: one of those is not bound, or a value is out of range or of the wrong kind
@@ -267,6 +395,7 @@ def train_config(
     return TrainConfig(
         learning_rate=_required("train_config.learning_rate", learning_rate),
         grad_clip_norm=grad_clip_norm,
+        label_dropout=label_dropout,
         target_part=target_part,
         mixed_precision=mixed_precision,
         **{name: _as_integer(value) for name, value in integers.items()},

@@ -97,6 +97,7 @@ DATA_CHECK_MESSAGES = (
     "format_version differs",
     "Could not parse example input",
     "TFRecord shard",
+    "record label",
 )
 
 
@@ -226,8 +227,10 @@ def _shard_records(path, expected, info_path: str):
 # Per-sequence work (graph mode).
 
 
-def _validate(features: dict, cfg: DCTConfig) -> dict:
-    """Rejects malformed records with an error that names the record's key; never clips."""
+def _validate(features: dict, cfg: DCTConfig, num_classes: int | None = None) -> dict:
+    """Rejects malformed records with an error that names the record's key; never clips. With
+    num_classes (a class-conditional model), a label outside [0, num_classes) is refused too,
+    naming the label and the record (an unlabelled record has label -1)."""
     c, p, v = features["channels"], features["positions"], features["values"]
     n = tf.size(c)
     peak = lambda t: tf.reduce_max(tf.concat([tf.reshape(t, [-1]), [0]], 0))
@@ -249,6 +252,22 @@ def _validate(features: dict, cfg: DCTConfig) -> dict:
     ]
     key = features.get("key", tf.constant(""))
     checks = [tf.debugging.Assert(ok, [message, "record key:", key]) for ok, message in rules]
+    if num_classes:
+        label = features["label"]
+        in_range = tf.logical_and(label >= 0, label < num_classes)
+        checks.append(
+            tf.debugging.Assert(
+                in_range,
+                [
+                    "record label",
+                    tf.strings.as_string(label),
+                    f"is outside [0, {num_classes}), the classes of the model "
+                    f"(model_config.num_classes = {num_classes}; -1: an unlabelled record);",
+                    "record key:",
+                    key,
+                ],
+            )
+        )
     with tf.control_dependencies(checks):
         return {k: tf.identity(t) for k, t in features.items()}
 
@@ -361,6 +380,8 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool | None = None,
     repeat: bool | None = None,
+    num_classes: int | None = None,
+    label_dropout: float = 0.0,
 ) -> tf.data.Dataset:
     """Builds the batched input pipeline over the shards of DATA_DIR/SPLIT.
 
@@ -385,6 +406,10 @@ def make_dataset(
       input_context: from `strategy.distribute_datasets_from_function`; shards per host.
       drop_remainder: default True in train mode (static batch), False in eval mode.
       repeat: default True in train mode, False in eval mode.
+      num_classes: a class-conditional model's number of classes: every record's label must
+        lie in [0, num_classes) (checked as it is read). None: labels are not checked.
+      label_dropout: train mode: the rate at which an example's label is replaced by -1 (the
+        null label), drawn from the example's own seed (deterministic, resumable).
 
     Returns:
       A tf.data.Dataset of dicts (see the module docstring), batched.
@@ -399,6 +424,10 @@ def make_dataset(
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")
+    if not 0 <= label_dropout < 1 or (label_dropout and not num_classes):
+        raise ValueError(
+            f"label_dropout={label_dropout}: must be in [0, 1), and 0 without num_classes"
+        )
     if target_part not in TARGET_PARTS:
         raise ValueError(f"target_part={target_part!r}: must be one of {TARGET_PARTS}")
     if chunk_size < 1 or overlap < 0 or batch_size < 1:
@@ -446,7 +475,7 @@ def make_dataset(
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
     def parse(index, record):
-        seq = _with_stop(_validate(records.parse_example(record), cfg), cfg)
+        seq = _with_stop(_validate(records.parse_example(record), cfg, num_classes), cfg)
         seq["sequence_index"] = tf.cast(index, tf.int32)
         return seq
 
@@ -469,7 +498,7 @@ def make_dataset(
 
     def seeds(index):
         key = tf.random.experimental.stateless_fold_in(base_seed, index)
-        return [tf.random.experimental.stateless_fold_in(key, i) for i in (0, 1)]
+        return [tf.random.experimental.stateless_fold_in(key, i) for i in (0, 1, 2)]
 
     def keep(index, record):
         """The length-bias filter, decided before any per-example work is spent; its length is
@@ -492,6 +521,9 @@ def make_dataset(
         chunk = tf.random.stateless_categorical(logits[None], 1, chunk_seed, dtype=tf.int32)[0, 0]
         start = base + chunk * chunk_size
         example = chunk_example(seq, start, chunk, num_chunks, cfg, chunk_size, overlap)
+        if label_dropout:  # the null label, so that its embedding is trained
+            drop = tf.random.stateless_uniform([], seeds(index)[2]) < label_dropout
+            example["label"] = tf.where(drop, -1, example["label"])
         return _static(example, cfg, window)
 
     ds = ds.map(keep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dct_gen.errors import InputError
@@ -219,7 +219,11 @@ def model_checkpoint(model):
 
 
 def save_run_config(
-    model_dir: str, model_config, train_config, schedule: dict | None = None
+    model_dir: str,
+    model_config,
+    train_config,
+    schedule: dict | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> None:
     """Writes model_dir/config.json: the model and train configs as plain JSON, so a run can be
     rebuilt without gin (`load_run`), and the run's learning-rate schedule.
@@ -233,6 +237,8 @@ def save_run_config(
       schedule: the schedule as plain JSON (`dct_gen.training.Schedule.to_json`: its length,
         warmup, peak rate and extensions), fixed when the run starts; None keeps the one
         config.json holds, if any.
+      label_names: a class-conditional model's class names (index = label), from its
+        dataset's info.json; None: none (recorded as null).
 
     Raises:
       InputError: model_dir holds checkpoints of another architecture (the message names the
@@ -242,6 +248,7 @@ def save_run_config(
     new = {
         "model_config": dataclasses.asdict(model_config),
         "train_config": dataclasses.asdict(train_config),
+        "label_names": None if label_names is None else [str(n) for n in label_names],
     }
     new = json.loads(json.dumps(new))  # tuples as lists, as read back
     old = (read_json(path) or {}) if os.path.exists(path) else {}

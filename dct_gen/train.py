@@ -11,6 +11,11 @@ learning-rate schedule (length, peak, warmup) is fixed in RUN/config.json when t
 a resumed run whose --max_steps or train_config gives another is refused, and --extend_steps N
 lengthens it explicitly (the rate then follows a cosine from its current value down to 0 at the
 new end, so it never jumps; --extend_learning_rate R starts that cosine at R instead).
+The classes come from the dataset too: a labelled dataset (info.json's label_names) trains a
+class-conditional model unless gin sets model_config.num_classes = 0; a count in gin must
+equal the dataset's, and every record's label is checked against it. RUN/config.json records
+the class names (`label_names`), and train_config.label_dropout (0.1 for a conditional model
+unless set) trains the null label that unconditional sampling and guidance use.
 `--dry_run` builds the model without data (gin must then bind the representation) and prints
 {"parameters", "flops_per_token"} as one JSON line. The loop is `dct_gen.training.train`.
 """
@@ -190,8 +195,12 @@ def _main(args: list[str]) -> int:
     info_path = records.join(FLAGS.data_dir, records.INFO_FILENAME)
     # The dataset states the representation; gin's dct_config bindings, if any, must agree.
     dct = configs.dct_config_for_data(training.read_representation(FLAGS.data_dir), info_path)
+    # model_config.num_classes unset takes the dataset's classes; a number must agree with it.
+    classes = configs.DatasetClasses.from_info(
+        records.read_info(FLAGS.data_dir), FLAGS.train_split, info_path
+    )
     with _binding_errors():
-        model_config = configs.model_config(dct=dct)
+        model_config = configs.model_config(dct=dct, classes=classes)
         train_config = configs.train_config()
     try:
         result = training.train(

@@ -640,8 +640,12 @@ def evaluate(
     target_part: str,
     max_batches: int | None = None,
     progress: Callable[[str], None] | None = None,
+    num_classes: int | None = None,
 ) -> Iterator[tuple[str, float]]:
     """Exact bits per subpixel of a held-out split: yields (name, value) pairs.
+
+    num_classes, for a class-conditional model, checks every record's label against it (each
+    sequence is scored given its own label).
 
     progress, when given, is called at most once a second with a line: chunks scored, sequences
     begun of the split's total (info.json), the rate and an ETA from that fraction.
@@ -669,6 +673,7 @@ def evaluate(
         seed=0,
         mode="eval",
         target_part=target_part,
+        num_classes=num_classes,
     )
     ds = ds.map(lambda b: _pad_batch(b, batch_size))
     if max_batches is not None:
@@ -865,15 +870,13 @@ def caption_table(captions: list[list[str]]) -> str:
     return "\n".join(f"- {i}: " + " | ".join(lines) for i, lines in enumerate(captions))
 
 
-def label_names(data_dir: str, split: str) -> list[str] | None:
-    """The class names info.json records for a split (None: unlabelled, or not stated)."""
-    from dct_gen import records
-
-    try:
-        names = records.read_info(data_dir)["splits"][split].get("label_names")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return [str(n) for n in names] if isinstance(names, list) else None
+def _names(label_names) -> str:
+    """Class names for a message: the first few, and how many."""
+    if not label_names:
+        return "none (unlabelled)"
+    shown = ", ".join(repr(n) for n in list(label_names)[:4])
+    more = f", ... ({len(label_names)} in all)" if len(label_names) > 4 else ""
+    return f"[{shown}{more}]"
 
 
 @contextlib.contextmanager
@@ -1107,6 +1110,22 @@ def train(
 
     info_path = records.join(data_dir, records.INFO_FILENAME)
     from_info = read_representation(data_dir)
+    # The model's classes against the dataset's (a count that differs, a conditional model on
+    # unlabelled data), and the label dropout that goes with them.
+    classes = configs.DatasetClasses.from_info(records.read_info(data_dir), train_split, info_path)
+    configs.check_num_classes(model_config.num_classes, classes)
+    if model_config.num_classes and eval_split is not None:
+        held_out = configs.DatasetClasses.from_info(
+            records.read_info(data_dir), eval_split, info_path
+        )
+        if held_out.label_names != classes.label_names:
+            raise InputError(
+                f"{info_path}: split {eval_split!r} has label_names "
+                f"{_names(held_out.label_names)}, but the model trains on split "
+                f"{train_split!r}'s {_names(classes.label_names)}"
+            )
+    train_config = train_config.with_label_dropout(model_config.num_classes)
+    names = list(classes.label_names) if model_config.num_classes else None
     if dct_config is not None and model_config.dct != dct_config:
         raise InputError(f"model_config.dct {model_config.dct} != dct_config {dct_config}")
     configs.check_dct_config(model_config.dct, from_info, where=info_path, source="")
@@ -1201,7 +1220,9 @@ def train(
         lock.acquire()
         if chief:
             os.makedirs(model_dir, exist_ok=True)
-            run_dir.save_run_config(model_dir, model_config, train_config, schedule.to_json())
+            run_dir.save_run_config(
+                model_dir, model_config, train_config, schedule.to_json(), label_names=names
+            )
             if operative_config is not None:
                 with open(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG_FILE), "w") as f:
                     f.write(operative_config)
@@ -1243,6 +1264,8 @@ def train(
                 mode="train",
                 target_part=train_config.target_part,
                 input_context=ctx,
+                num_classes=model_config.num_classes,
+                label_dropout=train_config.label_dropout,
             )
 
         local_replicas = [
@@ -1317,7 +1340,11 @@ def train(
                 schedule = extended
                 if chief:
                     run_dir.save_run_config(
-                        model_dir, model_config, train_config, schedule.to_json()
+                        model_dir,
+                        model_config,
+                        train_config,
+                        schedule.to_json(),
+                        label_names=names,
                     )
                 # Set before the step function is first traced, which reads the rate.
                 optimizer.learning_rate = schedule.learning_rate_schedule()
@@ -1379,6 +1406,7 @@ def train(
                     overlap=train_config.overlap,
                     target_part=train_config.target_part,
                     max_batches=eval_batches,
+                    num_classes=model_config.num_classes,
                 )
             )
             with eval_writer.as_default(step=at_step):
@@ -1423,7 +1451,6 @@ def train(
                 pictures.enlarge(pictures.heatmap(s, model_config.dct), 128)
                 for s in samples.sequences
             ]
-            names = label_names(data_dir, train_split) if model_config.num_classes else None
             captions = [
                 pictures.sample_caption(
                     index=i,

@@ -19,6 +19,8 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
 )
 
+from testing_helpers import LABELLED_PHOTOS  # noqa: E402
+
 from dct_gen import photos  # noqa: E402
 
 
@@ -122,6 +124,33 @@ def test_data_dir(make_dataset) -> str:
     return make_dataset(load_test_configs()["dct_config"], TEST_SPLITS)
 
 
+@pytest.fixture(scope="session")
+def labelled_data_dir(tmp_path_factory) -> str:
+    """A dataset of the test config with label_names testing_helpers.LABELLED_PHOTOS (three
+    classes, each the crops of one photo, in folders named after it): 4 training images per
+    class and 1 held out (splits train and validation), built by the Beam job with
+    labels_from_dirs."""
+    from beam_jobs.pipeline import run_pipeline
+
+    tmp = str(tmp_path_factory.mktemp("labelled"))
+    out = os.path.join(tmp, "data")
+    by_name = {os.path.basename(p).split(".")[0]: p for p in photos.color_photo_paths()}
+    for split, count, seed in (("train", 4, 0), ("validation", 1, 1)):
+        root = os.path.join(tmp, f"images_{split}")
+        for i, name in enumerate(LABELLED_PHOTOS):
+            folder = os.path.join(root, name)
+            photos.write_crops(folder, count, seed=seed * 10 + i, paths=[by_name[name]])
+        run_pipeline(
+            output_dir=out,
+            cfg=load_test_configs()["dct_config"],
+            image_glob=f"{root}/*/*.png",
+            labels_from_dirs=True,
+            split=split,
+            num_shards=2,
+        )
+    return out
+
+
 class TrainedRun(NamedTuple):
     model_dir: str
     data_dir: str
@@ -156,3 +185,43 @@ def trained_run(test_data_dir, tmp_path_factory) -> TrainedRun:
         log=lines.append,
     )
     return TrainedRun(model_dir, test_data_dir, result, lines)
+
+
+@pytest.fixture(scope="session")
+def conditional_run(labelled_data_dir, tmp_path_factory) -> TrainedRun:
+    """The test config trained for 8 steps on labelled_data_dir through the command line's
+    path (gin leaves num_classes unset, so the dataset's three classes make it conditional;
+    label_dropout takes its default): a checkpoint and TensorBoard samples at step 8.
+
+    Shared: tests must not write into its directory (copy it first)."""
+    import gin
+
+    from dct_gen import cli, configs, records, training
+
+    model_dir = str(tmp_path_factory.mktemp("conditional_run"))
+    cli.parse_gin([TEST_GIN], [])
+    try:
+        info = records.join(labelled_data_dir, records.INFO_FILENAME)
+        classes = configs.DatasetClasses.from_info(
+            records.read_info(labelled_data_dir), "train", info
+        )
+        model_config = configs.model_config(classes=classes)
+        train_config = configs.train_config()
+    finally:
+        gin.clear_config()
+    lines = []
+    result = training.train(
+        model_config=model_config,
+        train_config=train_config,
+        data_dir=labelled_data_dir,
+        model_dir=model_dir,
+        max_steps=8,
+        log_every=1,
+        checkpoint_every=8,
+        sample_every=8,
+        num_samples=3,
+        sample_max_chunks=1,
+        peak_flops=1e11,
+        log=lines.append,
+    )
+    return TrainedRun(model_dir, labelled_data_dir, result, lines)

@@ -288,7 +288,9 @@ def test_bad_keys_and_missing_bindings_are_named():
         ("model_config.ffn_multiplier = 1.5", "model_config.ffn_multiplier = 1.5: must be an"),
         ("model_config.stride = 0", "model_config.stride = 0: must be >= 1"),
         ("model_config.value_dim = -1", "model_config.value_dim = -1: must be >= 1"),
-        ("model_config.num_classes = 0", "model_config.num_classes = 0: must be >= 1 (None: "),
+        ("model_config.num_classes = -1", "model_config.num_classes = -1: must be >= 1 (None"),
+        ("train_config.label_dropout = 1.0", "train_config.label_dropout = 1.0: must be a num"),
+        ("train_config.label_dropout = 'x'", "train_config.label_dropout = 'x': must be a num"),
         ("model_config.dropout = -0.1", "model_config.dropout = -0.1: must be in [0, 1)"),
         ("model_config.dropout = 'x'", "model_config.dropout = 'x': must be a number"),
         ("model_config.structural_mask = 1", "model_config.structural_mask = 1: must be True"),
@@ -379,3 +381,78 @@ def test_importing_the_factories_imports_no_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Classes: from the dataset unless gin says otherwise, and checked against it.
+
+LABELLED = configs.DatasetClasses(("cat", "dog", "sky"), "/data/info.json", "train")
+UNLABELLED = configs.DatasetClasses(None, "/data/info.json", "train")
+
+
+def test_classes_come_from_the_dataset_unless_gin_sets_them():
+    assert LABELLED.num_classes(None) == 3  # unset: a labelled dataset is conditional
+    assert LABELLED.num_classes(3) == 3
+    assert LABELLED.num_classes(0) is None  # unconditional on purpose
+    assert UNLABELLED.num_classes(None) is None and UNLABELLED.num_classes(0) is None
+
+
+@pytest.mark.parametrize(
+    "classes, bound, message",
+    [
+        (
+            LABELLED,
+            2,
+            "model_config.num_classes = 2 in gin, but /data/info.json lists 3 label_names for "
+            "split 'train'",
+        ),
+        (
+            UNLABELLED,
+            3,
+            "model_config.num_classes = 3 in gin (a class-conditional model), but "
+            "/data/info.json lists no label_names for split 'train'",
+        ),
+    ],
+)
+def test_a_class_count_the_dataset_contradicts_is_named(classes, bound, message):
+    with pytest.raises(InputError) as err:
+        classes.num_classes(bound)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_dataset_classes_from_info():
+    info = {"splits": {"train": {"label_names": ["a", "b"]}, "test": {"label_names": None}}}
+    assert configs.DatasetClasses.from_info(info, "train", "I").label_names == ("a", "b")
+    assert configs.DatasetClasses.from_info(info, "test", "I").label_names is None
+    with pytest.raises(InputError, match=r"I has no split 'val' \(it has \['test', 'train'\]\)"):
+        configs.DatasetClasses.from_info(info, "val", "I")
+    bad = {"splits": {"train": {"label_names": "ab"}}}
+    with pytest.raises(InputError, match="I: splits.train.label_names = 'ab': must be a list"):
+        configs.DatasetClasses.from_info(bad, "train", "I")
+
+
+def test_gin_model_config_takes_the_datasets_classes():
+    cli.parse_gin(["experiments/test.gin"], [])
+    try:
+        assert configs.model_config(classes=LABELLED).num_classes == 3
+        assert configs.model_config(classes=UNLABELLED).num_classes is None
+        assert configs.model_config().num_classes is None  # no dataset (a dry run)
+    finally:
+        gin.clear_config()
+    cli.parse_gin(["experiments/test.gin"], ["model_config.num_classes = 0"])
+    try:
+        assert configs.model_config(classes=LABELLED).num_classes is None
+    finally:
+        gin.clear_config()
+
+
+def test_label_dropout_is_settled_by_the_model():
+    run = configs.TrainConfig(batch_size=1, learning_rate=1e-3, tokens=10)
+    assert run.label_dropout is None
+    assert run.with_label_dropout(3).label_dropout == configs.DEFAULT_LABEL_DROPOUT == 0.1
+    assert run.with_label_dropout(None).label_dropout == 0.0
+    zero = configs.TrainConfig(batch_size=1, learning_rate=1e-3, tokens=10, label_dropout=0)
+    assert zero.with_label_dropout(3).label_dropout == 0.0
+    some = configs.TrainConfig(batch_size=1, learning_rate=1e-3, tokens=10, label_dropout=0.2)
+    with pytest.raises(InputError, match="train_config.label_dropout = 0.2, but the model is un"):
+        some.with_label_dropout(None)

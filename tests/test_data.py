@@ -644,3 +644,86 @@ def test_suggested_l_max_of_the_wrong_type_names_the_field():
     assert (
         data.default_l_max({"splits": {"train": {"lengths": {"suggested_l_max": 9}}}}, "train") == 9
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels: checked against the model's classes, and dropped to the null label in training.
+
+
+def _labels(ds, paths, count):
+    return np.array([int(e["label"]) for e in data.iterate(ds.unbatch().take(count), paths)])
+
+
+def _record_labels(data_dir: str, split: str) -> dict[int, int]:
+    """length (stop included) -> the record's label."""
+    out = {}
+    for path in records.split_files(data_dir, split):
+        for raw in tf.data.TFRecordDataset(path):
+            f = records.parse_example(raw)
+            out[int(tf.size(f["channels"])) + 1] = int(f["label"])
+    return out
+
+
+def test_a_label_outside_the_models_classes_is_named(labelled_data_dir):
+    """The fixture's three classes read by a two-class model: the first record of class 2
+    stops the pipeline with one line naming the label, the classes and the record."""
+    ds = data.make_dataset(
+        labelled_data_dir, "train", batch_size=2, chunk_size=16, overlap=4, seed=0,
+        mode="eval", num_classes=2,
+    )  # fmt: skip
+    paths = records.split_files(labelled_data_dir, "train")
+    with pytest.raises(data.ShardReadError) as err:
+        list(data.iterate(ds, paths))
+    message = str(err.value)
+    assert "record label 2 is outside [0, 2)" in message and "num_classes = 2" in message
+    assert "record key:" in message and "\n" not in message
+    # The same records pass a three-class model.
+    ds = data.make_dataset(
+        labelled_data_dir, "train", batch_size=2, chunk_size=16, overlap=4, seed=0,
+        mode="eval", num_classes=3,
+    )  # fmt: skip
+    assert len(list(data.iterate(ds, paths))) > 0
+
+
+def test_an_unlabelled_record_is_refused_by_a_conditional_pipeline(dataset_dir):
+    ds = data.make_dataset(
+        dataset_dir, "train", batch_size=2, chunk_size=CHUNK, overlap=OVERLAP, seed=0,
+        num_classes=4,
+    )  # fmt: skip
+    with pytest.raises(data.ShardReadError, match=r"record label -1 is outside \[0, 4\)"):
+        next(iter(data.iterate(ds, records.split_files(dataset_dir, "train"))))
+
+
+def test_label_dropout_replaces_labels_at_its_rate_and_only_in_training(labelled_data_dir):
+    paths = records.split_files(labelled_data_dir, "train")
+    truth = _record_labels(labelled_data_dir, "train")
+
+    def stream(rate, seed=0, mode="train"):
+        return data.make_dataset(
+            labelled_data_dir, "train", batch_size=8, chunk_size=16, overlap=4, seed=seed,
+            mode=mode, num_classes=3, label_dropout=rate, l_max=1,
+        )  # fmt: skip
+
+    n = 400
+    examples = list(data.iterate(stream(0.25).unbatch().take(n), paths))
+    labels = np.array([int(e["label"]) for e in examples])
+    dropped = labels == -1
+    # Binomial(400, 0.25): a two-sided 1e-6 band around 100.
+    assert scipy.stats.binom.cdf(dropped.sum(), n, 0.25) > 1e-6
+    assert scipy.stats.binom.sf(dropped.sum() - 1, n, 0.25) > 1e-6
+    # A label that is kept is the record's own.
+    kept = [(int(e["length"]), int(e["label"])) for e in examples if int(e["label"]) >= 0]
+    assert kept and all(truth[length] == label for length, label in kept)
+    # Deterministic for a seed, different for another; none at rate 0, none in eval mode.
+    np.testing.assert_array_equal(labels, _labels(stream(0.25), paths, n))
+    assert not np.array_equal(dropped, _labels(stream(0.25, seed=1), paths, n) == -1)
+    assert (_labels(stream(0.0), paths, n) >= 0).all()
+    assert (_labels(stream(0.5, mode="eval"), paths, 15) >= 0).all()
+
+
+def test_label_dropout_needs_classes(dataset_dir):
+    with pytest.raises(ValueError, match="label_dropout=0.1"):
+        data.make_dataset(
+            dataset_dir, "train", batch_size=2, chunk_size=CHUNK, overlap=OVERLAP, seed=0,
+            label_dropout=0.1,
+        )  # fmt: skip

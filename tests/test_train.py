@@ -21,6 +21,9 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+from testing_helpers import LABELLED_PHOTOS
 
 from dct_gen import run_dir, train, training
 from dct_gen.errors import InputError
@@ -564,6 +567,93 @@ def test_bad_settings_are_named_before_anything_is_written(
     assert status == 1 and line.startswith(f"dct_gen.train: error: {message}"), line
     assert "In call to configurable" not in line
     assert not os.path.exists(model_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Classes: a labelled dataset trains a conditional model by name; contradictions are one line.
+
+
+def test_a_labelled_dataset_trains_a_conditional_model_named_by_its_classes(conditional_run):
+    config = _config_json(conditional_run.model_dir)
+    assert config["model_config"]["num_classes"] == len(LABELLED_PHOTOS)
+    assert config["label_names"] == list(LABELLED_PHOTOS)
+    assert config["train_config"]["label_dropout"] == 0.1  # the default, recorded
+    events = event_accumulator.EventAccumulator(
+        os.path.join(conditional_run.model_dir, "train"),
+        size_guidance={event_accumulator.TENSORS: 0},
+    )
+    events.Reload()
+    (caption,) = events.Tensors(training.SAMPLE_CAPTIONS_TAG)
+    text = tensor_util.make_ndarray(caption.tensor_proto).item().decode()
+    for label, name in enumerate(LABELLED_PHOTOS):  # samples cycle through the classes
+        assert f"label {label}: {name}" in text, text
+
+
+def test_an_unlabelled_dataset_trains_an_unconditional_model(trained_run):
+    config = _config_json(trained_run.model_dir)
+    assert config["model_config"]["num_classes"] is None and config["label_names"] is None
+    assert config["train_config"]["label_dropout"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "labelled, bindings, message",
+    [
+        (
+            True,
+            ["model_config.num_classes = 2"],
+            "model_config.num_classes = 2 in gin, but {info} lists 3 label_names for split 'train'",
+        ),
+        (
+            False,
+            ["model_config.num_classes = 3"],
+            "model_config.num_classes = 3 in gin (a class-conditional model), but {info} lists "
+            "no label_names for split 'train': the dataset is unlabelled",
+        ),
+        (
+            True,
+            ["model_config.num_classes = 0", "train_config.label_dropout = 0.2"],
+            "train_config.label_dropout = 0.2, but the model is unconditional",
+        ),
+    ],
+)
+def test_classes_that_contradict_the_data_are_one_line_before_anything_is_written(
+    cli, labelled_data_dir, test_data_dir, tmp_path, labelled, bindings, message
+):
+    data_dir = labelled_data_dir if labelled else test_data_dir
+    model_dir = tmp_path / "run"
+    status, _, err = cli(
+        f"--gin_file={GIN}",
+        *[f"--gin_param={b}" for b in bindings],
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+    )
+    line = _error(err)
+    info = os.path.join(data_dir, "info.json")
+    assert status == 1 and line.startswith(f"dct_gen.train: error: {message.format(info=info)}")
+    assert not os.path.exists(model_dir)
+
+
+def test_a_held_out_split_with_other_classes_is_refused(
+    run, test_configs, labelled_data_dir, tmp_path
+):
+    """The Python path checks too: a conditional model whose held-out split names other
+    classes than its training split."""
+    broken = str(tmp_path / "data")
+    shutil.copytree(labelled_data_dir, broken)
+    info_path = os.path.join(broken, "info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    info["splits"]["validation"]["label_names"] = ["a", "b", "c"]
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    with pytest.raises(InputError, match="split 'validation' has label_names \\['a', 'b', 'c'\\]"):
+        run(
+            tmp_path / "run",
+            data_dir=broken,
+            eval_split="validation",
+            model_config=dataclasses.replace(test_configs()["model_config"], num_classes=3),
+        )
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_a_changed_length_is_one_line_naming_both_and_the_way(cli, run_copy, trained_run):

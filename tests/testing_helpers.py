@@ -8,6 +8,9 @@ from dct_gen import layers
 from dct_gen import model as model_lib
 from dct_gen.representation import DCTConfig, dct_image
 
+# conftest's labelled dataset: three classes, each the crops of one bundled photo.
+LABELLED_PHOTOS = ("astronaut", "chelsea", "coffee")
+
 
 def small_config(block_size=4, resolution=32, num_classes=None, **kwargs):
     defaults = dict(
