@@ -15,12 +15,19 @@ The steps, each a command printed before it runs (--dry_run prints them all and 
    DCT_GEN_TF_WHEEL=tensorflow-tpu, so that the package depends on TensorFlow's TPU build
    (tensorflow-tpu 2.20.0, its TensorBoard and libtpu; setup.py) instead of tensorflow-cpu,
    plus any --pip_extra packages;
-4. train: on every worker, `python3 -m dct_gen.train --gin_file gin/experiments/X.gin
-   --data_dir gs://... --model_dir gs://... --tpu local`, with --gin_param and --max_steps
-   passed on; --detach runs it under nohup, logging to ~/dct-gen-train.log on the VM;
+4. train: on worker 0 only, `python3 -m dct_gen.train --gin_file gin/experiments/X.gin
+   --data_dir gs://... --model_dir gs://... --tpu T`, with --gin_param and --max_steps passed
+   on. On a single-host type (N <= 8 in vX-N) T is `local`: the one VM's own chips. On a
+   multi-host slice (a pod slice, e.g. v4-32) one TensorFlow client drives every host: it runs
+   on worker 0 with T the TPU's name (so TPUClusterResolver finds all the hosts) and
+   TPU_LOAD_LIBRARY=0 (so it leaves worker 0's chips to the slice's TPU runtime); a trainer per
+   host would be several independent jobs on one --model_dir. A given --tpu is used as is.
+   --detach runs it under nohup, logging to ~/dct-gen-train.log on worker 0;
 5. delete (only with --delete_after): `gcloud compute tpus tpu-vm delete`.
 
-Arguments are checked before anything runs; an error names the flag. Running for real needs
+Arguments are checked before anything runs; an error names the flag. A multi-host slice needs a
+TensorFlow pod software version (--runtime_version tpu-vm-tf-X.Y.Z-pod...), whose tpu-runtime
+serves the TPUs of every host; the default tpu-ubuntu2204-base has none. Running for real needs
 the gcloud CLI, logged in, with the TPU API enabled on the project.
 """
 
@@ -45,7 +52,13 @@ EXCLUDES = (".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-_ACCELERATOR = re.compile(r"^v[0-9]+[a-z]*-[0-9]+$")
+_ACCELERATOR = re.compile(r"^v[0-9]+[a-z]*-([0-9]+)$")
+# The number after the dash in an accelerator type counts TensorCores on v2, v3, v4 and v5p (two
+# per chip) and chips on v5litepod (v5e) and v6e (one TensorCore per chip). Either way one TPU VM
+# host holds at most 8 of them: 4 chips of 2 cores on v2/v3/v4/v5p (v2-8, v3-8, v4-8, v5p-8 are
+# one host; v4-16 and v5p-16 are two, v3-32 four), up to 8 chips on v5e/v6e (v5litepod-8 and
+# v6e-8 are one host, v5litepod-16 and v6e-16 several). So N <= 8 is one host, N > 8 several.
+MAX_PER_HOST = 8
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runtime_version",
         default="tpu-ubuntu2204-base",
-        help="TPU VM software version (gcloud --version); default tpu-ubuntu2204-base.",
+        help="TPU VM software version (gcloud --version); default tpu-ubuntu2204-base. A "
+        "multi-host slice needs a TensorFlow pod version, tpu-vm-tf-X.Y.Z-pod...",
     )
     p.add_argument("--name", help="TPU VM name (default dct-gen-EXPERIMENT).")
     p.add_argument("--spot", action="store_true", help="Create a Spot TPU VM.")
@@ -77,7 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", required=True, help="gs:// dataset written by beam_jobs.")
     p.add_argument("--model_dir", required=True, help="gs:// run directory (checkpoints, logs).")
     p.add_argument("--max_steps", type=int, help="Stop after this many steps.")
-    p.add_argument("--tpu", default="local", help="dct_gen.train --tpu (default local).")
+    p.add_argument(
+        "--tpu",
+        help="dct_gen.train --tpu (default: local on a single-host type; on a multi-host slice "
+        "the TPU VM's name, which the client on worker 0 resolves to every host).",
+    )
     p.add_argument(
         "--source",
         choices=("copy", "git"),
@@ -116,6 +134,11 @@ def gin_file_in_repo(path: str, flag: str) -> str:
 def experiments() -> list[str]:
     folder = os.path.join(GIN_DIR, "experiments")
     return sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".gin"))
+
+
+def is_multi_host(accelerator_type: str) -> bool:
+    """Whether a (valid) accelerator type, e.g. v4-32, spans several TPU VM hosts."""
+    return int(_ACCELERATOR.match(accelerator_type).group(1)) > MAX_PER_HOST
 
 
 def _check_gs(flag: str, value: str) -> str:
@@ -160,6 +183,15 @@ def check_args(args: argparse.Namespace) -> dict:
             f"--accelerator_type={args.accelerator_type}: expected a type such as v4-8, v5p-8, "
             "v5litepod-16 or v6e-8"
         )
+    multi_host = is_multi_host(args.accelerator_type)
+    if multi_host and not args.skip_create and "-pod" not in args.runtime_version:
+        raise ValueError(
+            f"--runtime_version={args.runtime_version}: a {args.accelerator_type} slice has "
+            "several hosts and needs a TensorFlow pod software version (tpu-vm-tf-X.Y.Z-pod..., "
+            "e.g. tpu-vm-tf-2.17.0-pod-pjrt), whose tpu-runtime serves every host's TPUs"
+        )
+    if args.tpu is not None and not args.tpu.strip():
+        raise ValueError("--tpu: empty; give a TPU name or 'local', or leave it out")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max_steps={args.max_steps}: must be at least 1")
     if args.source == "git" and not args.git_url:
@@ -170,6 +202,10 @@ def check_args(args: argparse.Namespace) -> dict:
         raise ValueError("--delete_after: not with --detach (the VM would go while training)")
     return {
         "name": name,
+        "multi_host": multi_host,
+        # Single host: the VM's own chips. Multi-host: the slice by name, so that the one client
+        # finds every host's TPU runtime through the Cloud TPU API.
+        "tpu": args.tpu if args.tpu is not None else (name if multi_host else "local"),
         "gin_files": gin_files,
         "data_dir": _check_gs("data_dir", args.data_dir),
         "model_dir": _check_gs("model_dir", args.model_dir),
@@ -177,7 +213,7 @@ def check_args(args: argparse.Namespace) -> dict:
 
 
 def train_command(args: argparse.Namespace, checked: dict) -> list[str]:
-    """The training argv that every worker runs, from the repository's root on the VM."""
+    """The training argv that worker 0 runs, from the repository's root on the VM."""
     cmd = [args.python, "-m", "dct_gen.train"]
     for f in checked["gin_files"]:
         cmd += ["--gin_file", f]
@@ -186,7 +222,7 @@ def train_command(args: argparse.Namespace, checked: dict) -> list[str]:
     cmd += ["--data_dir", checked["data_dir"], "--model_dir", checked["model_dir"]]
     if args.max_steps is not None:
         cmd += ["--max_steps", str(args.max_steps)]
-    return cmd + ["--tpu", args.tpu]
+    return cmd + ["--tpu", checked["tpu"]]
 
 
 def build_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -196,7 +232,10 @@ def build_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     archive = os.path.join(tempfile.gettempdir(), f"{name}.tar.gz")  # the local tarball
     where = [f"--project={args.project}", f"--zone={args.zone}"]
     tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]
-    ssh = lambda script: tpu_vm + ["ssh", name, *where, "--worker=all", f"--command={script}"]
+
+    def ssh(script: str, worker: str = "all") -> list[str]:
+        return tpu_vm + ["ssh", name, *where, f"--worker={worker}", f"--command={script}"]
+
     steps = []
     if not args.skip_create:
         create = tpu_vm + ["create", name, *where]
@@ -223,10 +262,22 @@ def build_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     )
     steps.append(("install the package on every worker", ssh(install)))
 
+    # One trainer, on worker 0, in both cases. On a single host "all" would be the same VM;
+    # naming worker 0 says where the log and the process are. On a multi-host slice a trainer
+    # per host would be independent jobs each seeing its own host's chips, all on one model_dir.
     train = shlex.join(train_command(args, checked))
     if args.detach:
         train = f"nohup {train} > ~/{LOG} 2>&1 < /dev/null &"
-    steps.append(("train on every worker", ssh(f"cd {REMOTE_DIR} && {train}")))
+    if checked["multi_host"] and checked["tpu"] != "local":
+        # The client reaches the chips through the slice's TPU runtime on every host, worker 0's
+        # included; without this it would load libtpu itself and contend for worker 0's chips.
+        train = f"TPU_LOAD_LIBRARY=0 {train}"
+        what = (
+            f"train on worker 0 (one client drives every host of the {args.accelerator_type} slice)"
+        )
+    else:
+        what = "train on worker 0"
+    steps.append((what, ssh(f"cd {REMOTE_DIR} && {train}", worker="0")))
     if args.delete_after:
         steps.append(("delete the TPU VM", tpu_vm + ["delete", name, *where, "--quiet"]))
     return steps
