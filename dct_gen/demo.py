@@ -269,7 +269,7 @@ def _samples(
     from dct_gen import run_dir, sampling
 
     run = run_dir.load_run(model_dir, mixed_precision=False, log=lambda _: None)
-    sampler = sampling.Sampler(run.model, run.model_config)
+    sampler = sampling.Sampler.from_run(run)
     options.setdefault("max_chunks", sampling.default_max_chunks(run.model_config))
     inputs = [images_lib.read_image(path) for path in images]
     samples = sampling.sample_task(

@@ -6,7 +6,7 @@ Usage:
   python -m dct_gen.evaluate --model_dir=RUN --data_dir=DATA [--split=SPLIT]
   python -m dct_gen.evaluate --model_dir=RUN --images='PHOTOS/*.jpg' [--out=FILE.json]
   python -m dct_gen.evaluate --model_dir=RUN --samples_dir=FOLDER --reference_data_dir=DATA \\
-      --num_samples=N [--inception_weights=FILE.h5]
+      --num_samples=N [--inception_graph=classify_image_graph_def.pb]
   python -m dct_gen.evaluate --model_dir=RUN --data_dir=DATA --generate --num_samples=N
 
 At least one of --data_dir (bits per subpixel: the run's model scores every chunk of every
@@ -15,7 +15,9 @@ eval.jsonl), --images (any image files, a quoted glob or a directory: each encod
 dataset job does and scored the same way, per image and in total, beside JPEG's optimized
 Huffman coding of the same coefficients and JPEG XL's recompression of that JPEG; files that
 are not images are skipped and listed) and --samples_dir or --generate (sample metrics on
-Inception-v3 features against the training set) is needed.
+Inception-v3 features against the training set) is needed. Sample metrics comparable with
+published FIDs need --inception_graph (the 2015 frozen Inception graph); without it Keras'
+Inception-v3 is used and every report labels the figures not comparable.
 
 Outputs: MODEL_DIR/evaluation.json (--out; a section this call does not compute is kept from an
 earlier evaluation of the same run), TensorBoard scalars under MODEL_DIR/evaluate/ (--data_dir,
@@ -23,8 +25,8 @@ earlier evaluation of the same run), TensorBoard scalars under MODEL_DIR/evaluat
 An evaluation that would write into MODEL_DIR while a training run holds it stops first.
 
 Exit status: 0 done; 1 bad input (a missing run, dataset, split, checkpoint, folder or weights
-file, too few images, no image among --images, a run a training holds: the message names the
-flag or the file); 2 bad flags.
+file, too few images, no image among --images, a run a training holds, an --inception_graph
+that is not the graph: the message names the flag or the file); 2 bad flags.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ flags.DEFINE_string(
     "skipped and listed.",
     flag_values=FLAGS,
 )
+flags.DEFINE_string(
+    "label",
+    None,
+    "With --images, for a class-conditional model: score every image given this class (an "
+    "index or one of the run's class names; default: none, the null label, which needs a model "
+    "trained with label dropout).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool("quiet", False, "No progress lines (on stderr).", flag_values=FLAGS)
 # Sample metrics.
 flags.DEFINE_string(
@@ -143,10 +153,18 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
+    "inception_graph",
+    None,
+    "The 2015 frozen Inception graph, classify_image_graph_def.pb from inception-2015-12-05.tgz "
+    "(local or gs://): FID and sFID on the features published figures use. Without it, Keras' "
+    "Inception-v3, labelled not comparable with published FIDs.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
     "inception_weights",
     None,
-    "Inception-v3 weights: Keras' notop or full .h5, or a .weights.h5 (default: Keras' "
-    "download, which needs network).",
+    "Keras' Inception-v3 weights when there is no --inception_graph: Keras' notop or full .h5, "
+    "or a .weights.h5 (default: Keras' download, which needs network).",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
@@ -210,6 +228,17 @@ def _check_flags(samples_dir: str | None) -> None:
         return
     if (FLAGS.reference_data_dir or FLAGS.data_dir) is None:
         raise UsageError("--samples_dir needs --reference_data_dir (or --data_dir)")
+    if FLAGS.inception_graph is not None:
+        if FLAGS.inception_weights is not None:
+            raise UsageError(
+                "give --inception_graph (the 2015 graph) or --inception_weights (Keras' "
+                "Inception-v3), not both"
+            )
+        # Read and checked now: a wrong file should not cost the sampling or the likelihood.
+        try:
+            metrics.read_inception_graph(FLAGS.inception_graph)
+        except InputError as e:
+            raise InputError(f"--inception_graph={e}") from None
     if FLAGS.generate:
         return
     if not os.path.isdir(samples_dir):
@@ -243,15 +272,38 @@ def _console(quiet: bool) -> tuple[Callable[[str], None], Callable[[str], None] 
     return log, None if quiet else progress
 
 
+def _image_label() -> int:
+    """--label for --images as an index, checked against the run's config.json before the model
+    is loaded: a class the model has; none (-1) only when its null label was trained."""
+    from dct_gen import sampling
+
+    if FLAGS.images is None:
+        return -1
+    raw = sampling.read_run_json(FLAGS.model_dir)
+    num_classes = (raw.get("model_config") or {}).get("num_classes")
+    names = sampling.run_label_names(raw)
+    trained = sampling.null_label_trained(raw)
+    try:
+        label = sampling.resolve_label(FLAGS.label, num_classes, names)
+        sampling.check_label(label, num_classes, trained, names)
+    except UsageError as e:
+        given = f"--label={FLAGS.label}" if FLAGS.label is not None else "--label is not given"
+        raise UsageError(f"{given}: {str(e).split(': ', 1)[-1]}") from None
+    return label
+
+
 def _main(argv: list[str]) -> int:
     cli.no_positional(argv)
     cli.require(FLAGS, "model_dir")
+    if FLAGS.label is not None and FLAGS.images is None:
+        raise UsageError("--label applies to --images only")
     samples_dir = FLAGS.samples_dir
     if FLAGS.generate and samples_dir is None:
         samples_dir = os.path.join(
             FLAGS.model_dir, evaluation.SUMMARY_DIR, evaluation.GENERATED_DIR
         )
     _check_flags(samples_dir)
+    label = _image_label()
 
     from dct_gen import metrics, run_dir, training
 
@@ -266,8 +318,10 @@ def _main(argv: list[str]) -> int:
     strategy = training.make_strategy(FLAGS.tpu) if needs_model else None
     log, progress = _console(FLAGS.quiet)
     if FLAGS.generate:
-        # The weights first: a missing file should not cost the sampling time.
-        metrics.inception_weights_path(FLAGS.inception_weights)
+        # The weights first: a missing file should not cost the sampling time (the graph was
+        # checked with the flags).
+        if FLAGS.inception_graph is None:
+            metrics.inception_weights_path(FLAGS.inception_weights)
         evaluation.generate_samples(
             run_dir.load_run(FLAGS.model_dir, checkpoint=FLAGS.checkpoint),
             num_samples=FLAGS.num_samples,
@@ -283,6 +337,7 @@ def _main(argv: list[str]) -> int:
         max_batches=FLAGS.max_batches,
         checkpoint=FLAGS.checkpoint,
         images=FLAGS.images,
+        label=label,
         samples_dir=samples_dir,
         num_samples=FLAGS.num_samples,
         reference_data_dir=FLAGS.reference_data_dir,
@@ -290,6 +345,7 @@ def _main(argv: list[str]) -> int:
         num_reference=FLAGS.num_reference,
         reference_cache=FLAGS.reference_cache,
         inception_weights=FLAGS.inception_weights,
+        inception_graph=FLAGS.inception_graph,
         feature_batch_size=FLAGS.feature_batch_size,
         k=FLAGS.k,
         out=FLAGS.out,

@@ -14,9 +14,12 @@ figures, each computed when its inputs are given:
   coding spends on the same coefficients (`dct_gen.jpeg_baseline`, block size 8) and the size
   of JPEG XL's lossless recompression of that JPEG (`imagecodecs`, when installed).
 - Sample metrics of a folder of generated images (`sample_metrics`): FID, sFID, precision and
-  recall against the training set, on Inception-v3 features (`dct_gen.metrics`). The reference
-  statistics are cached and recomputed when what they describe changes. `generate_samples`
-  draws the images from the run's model first (`dct_gen.sampling`).
+  recall against the training set, on Inception-v3 features (`dct_gen.metrics`): the 2015
+  frozen Inception graph of published FIDs when a GraphDef file is given (`inception_graph`),
+  else Keras' Inception-v3, whose figures are labelled not comparable with published FIDs.
+  Every report says which (`feature_network`). The reference statistics are cached and
+  recomputed when what they describe changes. `generate_samples` draws the images from the
+  run's model first (`dct_gen.sampling`).
 
 `run_evaluation` does any of them and writes the outputs:
 
@@ -26,7 +29,8 @@ figures, each computed when its inputs are given:
   lists every field.
 - TensorBoard scalars under MODEL_DIR/evaluate/: `evaluate/<split>` holds bits per subpixel
   (total, per component, per chunk index; the tags of the training run's eval/ events, so
-  TensorBoard overlays the two), `evaluate/samples` holds fid, sfid, precision and recall.
+  TensorBoard overlays the two), `evaluate/samples` holds fid, sfid, precision and recall, and
+  the text `feature_network`.
   Image files write none.
 
 Before writing into MODEL_DIR it checks the run's lock (`check_unlocked`): an evaluation never
@@ -144,6 +148,7 @@ def likelihood(
                 target_part=run.train_config.target_part,
                 max_batches=max_batches,
                 progress=progress,
+                num_classes=run.model_config.num_classes,
             )
         )
 
@@ -209,6 +214,7 @@ def sample_metrics(
 ) -> dict[str, Any]:
     """FID, sFID, precision and recall of the first num_samples images of samples_dir (sorted
     by name) against the first num_reference images (default num_samples) of a dataset split.
+    The result names the feature network (`dct_gen.metrics.feature_network`).
 
     Raises:
       InputError: no such folder, dataset or split; fewer images than asked for, in either
@@ -245,6 +251,8 @@ def sample_metrics(
         reference_split=reference_split,
         reference_cache=reference_cache,
         extractor=getattr(extractor, "name", None),
+        # Which network the figures come from: only the 2015 graph's compare with published FIDs.
+        **metrics.feature_network(extractor),
         seconds=time.perf_counter() - start,
     )
     return result
@@ -352,6 +360,7 @@ def score_sequences(
     *,
     batch_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    labels=None,
 ) -> list[dict[str, float]]:
     """The exact negative log-likelihood of each sequence under the run's model, in nats.
 
@@ -366,19 +375,23 @@ def score_sequences(
         strategy's replicas. The figures do not depend on it.
       progress: called with a line (chunks and images done, rate, ETA) at most once a second
         after the first step (which traces the model), and after the last.
+      labels: the class each sequence is scored given: an int for all, or one per sequence;
+        None or -1: no class (the null label). A class-conditional model whose null label was
+        not trained (train_config.label_dropout 0) needs a class.
 
     Returns:
       One {"channel_nats", "position_nats", "value_nats", "nats", "chunks"} per sequence.
 
     Raises:
-      UsageError: batch_size does not split over the replicas.
+      UsageError: batch_size does not split over the replicas; a label the model does not take
+        (`sampling.check_label`).
       InputError: a sequence the codec cannot write (`representation.check_sequence`: a zero
         value, channels out of order, ...), named with its index and the rule it breaks.
     """
     import numpy as np
     import tensorflow as tf
 
-    from dct_gen import data, training
+    from dct_gen import data, sampling, training
     from dct_gen import representation as rep
 
     cfg = run.model_config.dct
@@ -387,6 +400,15 @@ def score_sequences(
             rep.check_sequence(s.channels, s.positions, s.values, cfg, s.height, s.width)
         except ValueError as e:
             raise InputError(f"sequence {k}: {e}") from None
+    labels = np.asarray(-1 if labels is None else labels, np.int64)
+    if labels.ndim > 1 or (labels.ndim == 1 and len(labels) != len(sequences)):
+        raise UsageError(f"labels: {labels.shape} for {len(sequences)} sequences")
+    labels = np.broadcast_to(labels, len(sequences))
+    null_trained = sampling.null_label_trained(
+        {"train_config": {"label_dropout": run.train_config.label_dropout}}
+    )
+    for label in np.unique(labels):
+        sampling.check_label(int(label), run.model_config.num_classes, null_trained)
     chunk, overlap = run.train_config.chunk_size, run.train_config.overlap
     batch_size = batch_size or run.train_config.batch_size
     replicas = run.strategy.num_replicas_in_sync
@@ -404,7 +426,7 @@ def score_sequences(
                 "values": np.append(s.values, 0).astype(np.int32),
                 "height": np.int32(s.height),
                 "width": np.int32(s.width),
-                "label": np.int32(-1),
+                "label": np.int32(labels[i]),
                 "sequence_index": np.int32(i),
                 "base": np.int32(base),
                 "num_chunks": np.int32(n),
@@ -571,6 +593,7 @@ def score_images(
     batch_size: int | None = None,
     log: Callable[[str], None] | None = print,
     progress: Callable[[str], None] | None = None,
+    label: int = -1,
 ) -> dict[str, Any]:
     """Exact bits per subpixel of any image files under the run's model, per image and in
     total, with channel, position and value, beside JPEG and JPEG XL on the same coefficients.
@@ -588,13 +611,15 @@ def score_images(
       batch_size: chunks per step (default: the run's).
       log: where the skipped files are reported (None: silent).
       progress: progress lines (see `score_sequences`).
+      label: a class-conditional model scores every image given this class; -1: none (the
+        null label, which the model must have trained).
 
     Returns:
       The "images" section of evaluation.json (docs/evaluation.md lists its fields).
 
     Raises:
       InputError: no file, or no file that is an image (the message names the first and why).
-      UsageError: batch_size does not split over the replicas.
+      UsageError: batch_size does not split over the replicas; a label the model does not take.
     """
     import numpy as np
 
@@ -606,7 +631,11 @@ def score_images(
         images = encode_images(images, cfg, log=log)
     encoded, skipped, pattern = images
     scores = score_sequences(
-        run, [e["sequence"] for e in encoded], batch_size=batch_size, progress=progress
+        run,
+        [e["sequence"] for e in encoded],
+        batch_size=batch_size,
+        progress=progress,
+        labels=label,
     )
     available = baselines(cfg, run.train_config.target_part)
     libjpeg = None
@@ -659,6 +688,7 @@ def score_images(
         "num_images": len(per_image),
         "num_skipped": len(skipped),
         "target_part": run.train_config.target_part,
+        "label": int(label),
         "subpixels": sum(r["subpixels"] for r in per_image),
         "bits_per_subpixel": mean("bits_per_subpixel"),
         **{f"{c}_bits_per_subpixel": mean(f"{c}_bits_per_subpixel") for c in COMPONENTS},
@@ -764,6 +794,23 @@ def write_summaries(directory: str, step: int, values: dict[str, Any]) -> None:
     writer.close()
 
 
+def feature_network_line(values: dict[str, Any]) -> str:
+    """The feature network of sample metrics in words: its label, and the graph file's md5."""
+    label = str(values.get("feature_network"))
+    md5 = values.get("inception_graph_md5")
+    return f"{label}, md5 {md5}" if md5 else label
+
+
+def write_text_summary(directory: str, step: int, tag: str, text: str) -> None:
+    """One TensorBoard text summary at `step` in `directory`."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(directory)
+    with writer.as_default(step=step):
+        tf.summary.text(tag, text)
+    writer.close()
+
+
 def _previous(out: str, model_dir: str) -> dict[str, Any]:
     """The sections of an earlier evaluation of the same run in `out` (else nothing)."""
     try:
@@ -816,6 +863,7 @@ def run_evaluation(
     max_batches: int | None = None,
     checkpoint: int | None = None,
     images: str | Sequence[str] | None = None,
+    label: int = -1,
     samples_dir: str | None = None,
     num_samples: int = DEFAULT_NUM_SAMPLES,
     reference_data_dir: str | None = None,
@@ -823,6 +871,7 @@ def run_evaluation(
     num_reference: int | None = None,
     reference_cache: str | None = None,
     inception_weights: str | None = None,
+    inception_graph: str | None = None,
     extractor=None,
     feature_batch_size: int = DEFAULT_FEATURE_BATCH_SIZE,
     k: int = DEFAULT_K,
@@ -848,8 +897,11 @@ def run_evaluation(
         compared with (reference_data_dir defaults to data_dir; num_reference to num_samples).
       reference_cache: the .npz of the reference statistics (default
         MODEL_DIR/evaluate/reference_<split>_<num_reference>.npz).
-      inception_weights: the Inception-v3 weights file (None: Keras' download).
-      extractor: a feature extractor replacing Inception-v3 (see `dct_gen.metrics`).
+      inception_weights: Keras' Inception-v3 weights file (None: Keras' download); used when
+        there is no inception_graph, and labelled not comparable with published FIDs.
+      inception_graph: the 2015 frozen Inception graph (classify_image_graph_def.pb, local or
+        gs://), the features of published FIDs; used instead of Keras' Inception-v3.
+      extractor: a feature extractor replacing both (see `dct_gen.metrics`).
       feature_batch_size: images per feature-extractor call.
       k: the neighbour of precision and recall.
       out: the JSON path (default MODEL_DIR/evaluation.json).
@@ -908,7 +960,12 @@ def run_evaluation(
         reference_cache = reference_cache or default_reference_cache(
             model_dir, reference_split, num_reference
         )
-        extractor = extractor or metrics.inception_v3(inception_weights)
+        if extractor is None:
+            extractor = (
+                metrics.inception_graph(inception_graph)
+                if inception_graph
+                else metrics.inception_v3(inception_weights)
+            )
 
     result = _previous(out, model_dir)
     result["model_dir"] = model_dir
@@ -948,7 +1005,9 @@ def run_evaluation(
             training.write_eval_summaries(values, run.step, split)
         writer.close()
     if encoded is not None:
-        section = score_images(run, encoded, batch_size=batch_size, log=log, progress=progress)
+        section = score_images(
+            run, encoded, batch_size=batch_size, log=log, progress=progress, label=label
+        )
         result["images"] = {
             "step": run.step,
             "checkpoint": run.checkpoint,
@@ -975,14 +1034,17 @@ def run_evaluation(
         log(
             f"{values['num_samples']} samples against {values['num_reference']} reference "
             f"images: FID {values['fid']:.3f}  sFID {values['sfid']:.3f}  precision "
-            f"{values['precision']:.3f}  recall {values['recall']:.3f}"
+            f"{values['precision']:.3f}  recall {values['recall']:.3f}  "
+            f"[features: {feature_network_line(values)}]"
         )
         result["samples"] = {"step": step, **values}
+        summaries = os.path.join(model_dir, SUMMARY_DIR, "samples")
         write_summaries(
-            os.path.join(model_dir, SUMMARY_DIR, "samples"),
+            summaries,
             step,
             {name: values[name] for name in ("fid", "sfid", "precision", "recall")},
         )
+        write_text_summary(summaries, step, "feature_network", feature_network_line(values))
     run_dir.write_json(out, result)
     log(f"wrote {out}")
     return result

@@ -2,11 +2,34 @@
 
 Features come from a feature extractor, a callable that takes a float32 batch of images
 (n, height, width, 3) with values in [0, 255] and returns {"pool": (n, d_pool), "spatial":
-(n, d_spatial)}. `inception_v3()` gives the real one; anything with the same contract (a small
-Keras network in the tests) stands in. `extract_features` resizes every image to the
-extractor's `image_size` (bilinear) before batching.
+(n, d_spatial)}. `inception_graph(path)` gives the one published FIDs use and `inception_v3()`
+Keras' stand-in for it; anything with the same contract (a small Keras network in the tests)
+stands in. `extract_features` resizes every image to the extractor's `image_size` (bilinear)
+before batching, unless the extractor takes any size (`takes_any_size`, the graph).
 
-- Inception-v3 (`inception_v3`): `keras.applications.InceptionV3` without its top, one model
+- The 2015 Inception graph (`inception_graph`): `classify_image_graph_def.pb` from
+  inception-2015-12-05.tgz (`INCEPTION_GRAPH_URL`), the frozen GraphDef that TF-GAN, the TTUR
+  FID code and the guided-diffusion evaluator load, so FIDs computed on it can be set beside
+  published ones. It is fed as those evaluators feed it: a float32 batch in [0, 255], at the
+  images' own size, into `ExpandDims:0` (in the file the batch of one decoded JPEG); the graph
+  itself resizes to 299 x 299 (its `ResizeBilinear` node) and scales to [-1, 1) ((x - 128) /
+  128, its `Sub` and `Mul` nodes). A batch holds images of one size, so images of several sizes
+  go through in groups of one size each, which gives every image the features it gets alone.
+  - `pool`: `pool_3:0` (n, 1, 1, 2048), flattened to 2048 per image.
+  - `spatial`: the first 7 channels of `mixed_6/conv:0` (n, 17, 17, 192), flattened in
+    (row, column, channel) order: 17 x 17 x 7 = 2023 per image.
+  - Batches: the file was exported for one image at a time, and where it records shapes
+    (`_output_shapes`) the batch dimension is 1, which import would keep as the static shape.
+    Those records are dropped before import, so shapes follow from the batch fed, and only the
+    tensors between the input and the two outputs run (`pool_3/_reshape`, fixed at batch 1,
+    and the classifier after it are never evaluated).
+  - It runs in a TF1 session on a graph of its own: the file uses BatchNormWithGlobalNormalization,
+    an op GraphDefs of producer version 9 and later may not hold. A graph keeps the file's old
+    producer version and runs it; a tf.function (wrap_function) would carry the current version
+    and refuse the op.
+  - The file's md5 is part of the extractor's name (reference caches) and of every report.
+
+- Keras' Inception-v3 (`inception_v3`): `keras.applications.InceptionV3` without its top, one model
   with two outputs. Images are resized to 299 x 299 and scaled to [-1, 1].
   - `pool`: the global average of the last mixed block (Keras `mixed10`, 8 x 8 x 2048), the
     pool_3 features of TF-GAN and the paper: 2048 per image.
@@ -25,7 +48,8 @@ extractor's `image_size` (bilinear) before batching.
     to fetch on a machine with network and which flag takes it.
   - Keras ships the weights of the TF-slim Inception-v3 checkpoint, not the 2015 frozen graph
     that TF-GAN loads, and resizes with half-pixel centres; figures computed here therefore
-    rank models consistently but are not numerically the paper's.
+    rank models consistently but are not numerically the paper's: reports label them
+    `KERAS_NETWORK`, "not comparable with published FIDs" (`feature_network`).
 - FID and sFID (`frechet_distance`): the Frechet distance between Gaussians fitted to two
   feature sets, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64. Only the trace of
   the square root is needed: S1 S2 is similar to the symmetric positive semi-definite
@@ -82,6 +106,19 @@ INCEPTION_WEIGHTS_URL = (
 )
 INCEPTION_WEIGHTS_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"
 DOWNLOAD_TIMEOUT_S = 60.0
+
+# The 2015 frozen Inception graph that published FIDs use (TF-GAN, TTUR, guided-diffusion).
+INCEPTION_GRAPH_URL = (
+    "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"
+)
+INCEPTION_GRAPH_FILE = "classify_image_graph_def.pb"
+GRAPH_INPUT = "ExpandDims:0"  # float32 (batch, height, width, 3) in [0, 255], any size
+GRAPH_POOL = "pool_3:0"  # (batch, 1, 1, 2048)
+GRAPH_SPATIAL = "mixed_6/conv:0"  # (batch, 17, 17, 192); its first SPATIAL_CHANNELS are used
+
+# What reports call each feature network (`feature_network`).
+GRAPH_NETWORK = "inception_2015_12_05_graph"
+KERAS_NETWORK = "keras_inception_v3 (not comparable with published FIDs)"
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1
@@ -276,14 +313,24 @@ class KerasFeatureExtractor:
     Attributes:
       image_size: (height, width) that `extract_features` resizes images to.
       name: the extractor's identity in reference caches (None: never cached).
+      feature_network: what reports call the network (None: `feature_network` makes a label
+        from the name that says it is not comparable with published FIDs).
     """
 
-    def __init__(self, model, *, image_size: tuple[int, int], name: str | None):
+    def __init__(
+        self,
+        model,
+        *,
+        image_size: tuple[int, int],
+        name: str | None,
+        feature_network: str | None = None,
+    ):
         import tensorflow as tf
 
         self.model = model
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.name = name
+        self.feature_network = feature_network
 
         @tf.function(reduce_retracing=True)
         def features(images):
@@ -404,7 +451,10 @@ def inception_v3(
     if random_weights:
         base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=shape)
         return KerasFeatureExtractor(
-            inception_feature_model(base), image_size=INCEPTION_IMAGE_SIZE, name=None
+            inception_feature_model(base),
+            image_size=INCEPTION_IMAGE_SIZE,
+            name=None,
+            feature_network=KERAS_NETWORK,
         )
     path = inception_weights_path(weights_path, download=download)
     base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=shape)
@@ -421,8 +471,188 @@ def inception_v3(
         base = keras.Model(full.input, full.get_layer(POOL_BLOCK).output)
     name = f"keras_inception_v3:sha256={_file_digest(path)[:16]}"
     return KerasFeatureExtractor(
-        inception_feature_model(base), image_size=INCEPTION_IMAGE_SIZE, name=name
+        inception_feature_model(base),
+        image_size=INCEPTION_IMAGE_SIZE,
+        name=name,
+        feature_network=KERAS_NETWORK,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The 2015 frozen Inception graph (the features published FIDs use).
+
+
+def _graph_help(path: str, problem: str) -> str:
+    return (
+        f"{path}: {problem}; the Inception graph is {INCEPTION_GRAPH_FILE} inside "
+        f"{INCEPTION_GRAPH_URL} (tar xzf inception-2015-12-05.tgz {INCEPTION_GRAPH_FILE})"
+    )
+
+
+def read_inception_graph(path: str):
+    """Reads and checks a frozen GraphDef file (local or gs://): (GraphDef, md5 of the file).
+
+    Raises:
+      InputError: no such file, a file that is not a GraphDef, or a graph without the input
+        and output tensors (`GRAPH_INPUT`, `GRAPH_POOL`, `GRAPH_SPATIAL`); one line naming the
+        path.
+    """
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    if not tf.io.gfile.exists(path):
+        raise InputError(_graph_help(path, "no such file"))
+    if tf.io.gfile.isdir(path):
+        raise InputError(_graph_help(path, "a directory, not a GraphDef file"))
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if data[:2] == b"\x1f\x8b":  # the .tgz itself rather than the file inside it
+        raise InputError(_graph_help(path, "a gzip archive, not a GraphDef: extract the .pb"))
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise InputError(_graph_help(path, f"not a TensorFlow GraphDef ({reason})")) from None
+    if not graph_def.node:
+        # An empty file, and some non-protobuf bytes, parse as a GraphDef without nodes.
+        raise InputError(_graph_help(path, "not a TensorFlow GraphDef (no nodes)"))
+    names = {node.name for node in graph_def.node}
+    missing = [t for t in (GRAPH_INPUT, GRAPH_POOL, GRAPH_SPATIAL) if t.split(":")[0] not in names]
+    if missing:
+        raise InputError(
+            _graph_help(path, f"the graph has no tensor {', '.join(missing)} (not that graph?)")
+        )
+    return graph_def, md5
+
+
+class GraphFeatureExtractor:
+    """The 2015 Inception graph (or any GraphDef with its tensor names) as a feature extractor.
+
+    Called on float32 images (n, height, width, 3) in [0, 255], all of one size (any size: the
+    graph resizes them itself); returns {"pool": (n, d_pool), "spatial": (n, 17 * 17 * 7)} as
+    numpy arrays. See the module docstring for how the graph is fed.
+
+    Attributes:
+      image_size: None: `extract_features` does not resize (`takes_any_size`).
+      takes_any_size: True: batches of any height and width, one size per call.
+      name: the identity in reference caches ('inception_2015_12_05_graph:md5=...').
+      feature_network: `GRAPH_NETWORK`, what reports call it.
+      path, md5: the GraphDef file and its md5.
+    """
+
+    image_size = None
+    takes_any_size = True
+    feature_network = GRAPH_NETWORK
+
+    def __init__(self, graph_def, *, path: str, md5: str):
+        import tensorflow as tf
+
+        self.path = path
+        self.md5 = md5
+        self.name = f"{GRAPH_NETWORK}:md5={md5}"
+        graph_def = _without_recorded_shapes(graph_def)
+        graph = tf.Graph()
+        with graph.as_default():
+            self._images = tf.compat.v1.placeholder(tf.float32, [None, None, None, 3], "images")
+            try:
+                self._pool, self._spatial = tf.graph_util.import_graph_def(
+                    graph_def,
+                    input_map={GRAPH_INPUT: self._images},
+                    return_elements=[GRAPH_POOL, GRAPH_SPATIAL],
+                    name="inception",
+                )
+            except (ValueError, TypeError, tf.errors.OpError) as e:
+                reason = " ".join(str(e).split())[:300]
+                raise InputError(
+                    _graph_help(path, f"the graph cannot be imported ({reason})")
+                ) from None
+        self._check_static_shapes()
+        # Soft placement: ops without a kernel on the accelerator run on the CPU.
+        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        config.gpu_options.allow_growth = True
+        self._session = tf.compat.v1.Session(graph=graph, config=config)
+
+    def _check_static_shapes(self) -> None:
+        pool, spatial = self._pool.shape, self._spatial.shape
+        if pool.rank is not None and (pool.rank != 4 or any(d not in (1, None) for d in pool[1:3])):
+            raise InputError(
+                _graph_help(self.path, f"{GRAPH_POOL} has shape {pool}, not (batch, 1, 1, d)")
+            )
+        if spatial.rank is not None and (
+            spatial.rank != 4 or (spatial[3] is not None and spatial[3] < SPATIAL_CHANNELS)
+        ):
+            raise InputError(
+                _graph_help(
+                    self.path,
+                    f"{GRAPH_SPATIAL} has shape {spatial}, not (batch, height, width, "
+                    f">= {SPATIAL_CHANNELS} channels)",
+                )
+            )
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim != 4 or x.shape[3] != 3:
+            raise ValueError(f"images of shape {x.shape}: need (n, height, width, 3)")
+        pool, spatial = self._session.run([self._pool, self._spatial], {self._images: x})
+        n = x.shape[0]
+        return {
+            POOL: pool.reshape(n, -1),
+            SPATIAL: spatial[..., :SPATIAL_CHANNELS].reshape(n, -1),
+        }
+
+    def close(self) -> None:
+        """Frees the session (the extractor cannot be called afterwards)."""
+        self._session.close()
+
+
+def _without_recorded_shapes(graph_def):
+    """A copy of graph_def without `_output_shapes` records: the importer would take their
+    batch dimension (1 in the 2015 file, exported for one JPEG) as the static shape."""
+    import tensorflow as tf
+
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+    return out
+
+
+def inception_graph(path: str) -> GraphFeatureExtractor:
+    """The extractor of published FIDs: the 2015 frozen Inception graph from a file (local or
+    gs://), `classify_image_graph_def.pb` of `INCEPTION_GRAPH_URL`.
+
+    pool_3 (2048 per image) and the first 7 channels of mixed_6/conv (17 x 17 x 7 = 2023);
+    images are fed in [0, 255] at their own size and the graph resizes them to 299 x 299.
+
+    Raises:
+      InputError: no such file, not a GraphDef, a graph without ExpandDims, pool_3 or
+        mixed_6/conv, or one that does not import; one line naming the path.
+    """
+    graph_def, md5 = read_inception_graph(path)
+    return GraphFeatureExtractor(graph_def, path=path, md5=md5)
+
+
+def feature_network(extractor) -> dict[str, Any]:
+    """What reports say about an extractor: {"feature_network": label, "inception_graph":
+    path or None, "inception_graph_md5": md5 or None}.
+
+    The 2015 graph is `GRAPH_NETWORK`; Keras' Inception-v3 is `KERAS_NETWORK`, which says it
+    is not comparable with published FIDs; any other extractor is labelled by its name, saying
+    the same.
+    """
+    label = getattr(extractor, "feature_network", None)
+    if not label:
+        name = getattr(extractor, "name", None) or type(extractor).__name__
+        label = f"{name} (not comparable with published FIDs)"
+    graph = label == GRAPH_NETWORK
+    return {
+        "feature_network": label,
+        "inception_graph": getattr(extractor, "path", None) if graph else None,
+        "inception_graph_md5": getattr(extractor, "md5", None) if graph else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,7 +718,8 @@ def extract_features(
       extractor: the feature extractor (see the module docstring).
       num_images: how many images to use (None: all); fewer raise ValueError.
       batch_size: images per extractor call (the last batch is padded, so the traced function
-        sees one shape).
+        sees one shape). An extractor that takes any size (`takes_any_size`, and no
+        image_size given) gets each batch's images grouped by size, one call per size, unpadded.
       image_size: (height, width) to resize to; None: `extractor.image_size`, else no resizing.
       log: progress lines (None: silent).
 
@@ -496,21 +727,45 @@ def extract_features(
       Features, in the order of the images.
     """
     size = image_size or getattr(extractor, "image_size", None)
+    any_size = size is None and getattr(extractor, "takes_any_size", False)
     stream = images if num_images is None else itertools.islice(images, num_images)
     pool, spatial = [], []
     done, start, last_log = 0, time.perf_counter(), time.perf_counter()
     batch: list[np.ndarray] = []
 
+    def checked(out, n):
+        for key in (POOL, SPATIAL):
+            if key not in out:
+                raise ValueError(f"the feature extractor returned {sorted(out)}, not {key!r}")
+        return [np.asarray(out[key], dtype=np.float32).reshape(n, -1) for key in (POOL, SPATIAL)]
+
+    def run_by_size(batch):
+        # The graph resizes a whole batch to one size, so a batch holds images of one size: each
+        # size goes through on its own and the rows are put back in the images' order.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(batch):
+            groups.setdefault(im.shape, []).append(i)
+        rows: list[list[np.ndarray]] = [[], []]
+        order: list[int] = []
+        for members in groups.values():
+            x = np.stack([batch[i] for i in members]).astype(np.float32)
+            for into, value in zip(rows, checked(extractor(x), len(members)), strict=True):
+                into.append(value)
+            order.extend(members)
+        back = np.argsort(np.array(order))
+        pool.append(np.concatenate(rows[0])[back])
+        spatial.append(np.concatenate(rows[1])[back])
+
     def run(batch):
+        if any_size:
+            run_by_size(batch)
+            return
         x = _resize(batch, size)
         n = x.shape[0]
         if n < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-        out = extractor(x)
-        for key, into in ((POOL, pool), (SPATIAL, spatial)):
-            if key not in out:
-                raise ValueError(f"the feature extractor returned {sorted(out)}, not {key!r}")
-            into.append(np.asarray(out[key], dtype=np.float32).reshape(x.shape[0], -1)[:n])
+        for into, value in zip((pool, spatial), checked(extractor(x), x.shape[0]), strict=True):
+            into.append(value[:n])
 
     for image in stream:
         batch.append(_as_rgb(image))

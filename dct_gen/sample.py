@@ -7,7 +7,10 @@ usage: python -m dct_gen.sample (--model_dir DIR | --saved_model DIR) [flags]
 Without a task word: unconditional samples, or class-conditional ones with --label.
 `upsample IMAGE...`: B x upsampling (8x at B = 8) of each image (interleaved models).
 `colorize IMAGE...`: colour for each image's grey version (luma_first models).
---label, --temperature, --top_p and --top_k apply to plain sampling only.
+--temperature, --top_p and --top_k apply to plain sampling only; --label (a class index or
+name) and --guidance (classifier-free guidance of a class-conditional model) to every task.
+A class-conditional model trained without label dropout has no "no label" embedding: it needs
+--label.
 
 For each sample it writes PREFIX_NNN.png, PREFIX_NNN.npz (the triples), PREFIX_NNN_heatmap.png
 and PREFIX_NNN_progressive.png, then PREFIX_grid.png, PREFIX_heatmaps.png and PREFIX.json
@@ -30,7 +33,7 @@ from dct_gen.errors import InputError, UsageError
 
 GENERATE = "generate"  # no task word: plain sampling (the library's task name)
 TASKS = ("upsample", "colorize")  # the task words
-GENERATION_ONLY = ("label", "temperature", "top_p", "top_k")
+GENERATION_ONLY = ("temperature", "top_p", "top_k")
 DEFAULT_NUM_SAMPLES = {GENERATE: 16, "upsample": 3, "colorize": 3}
 
 FLAGS = cli.flag_values()
@@ -54,7 +57,20 @@ flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
-flags.DEFINE_integer("label", -1, "Class label (-1: none).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "label",
+    None,
+    "Class label of a class-conditional model: an index or one of the run's class names "
+    "(default: none, -1, which needs a model trained with label dropout).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "guidance",
+    1.0,
+    "Classifier-free guidance scale g >= 0 of a class-conditional model: logits "
+    "null + g * (cond - null) (1: none, 0: unconditional).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_float("temperature", 1.0, "Softmax temperature (finite and > 0).", flag_values=FLAGS)
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling, in (0, 1] (1: off).", flag_values=FLAGS)
 flags.DEFINE_integer(
@@ -144,10 +160,30 @@ def _source(sampling):
     cli.existing_dir("model_dir", FLAGS.model_dir, "run directory")
     try:
         run = run_dir.load_run(FLAGS.model_dir, mixed_precision=False, log=lambda line: None)
+        sampler = sampling.Sampler.from_run(run, jit_compile=FLAGS.jit)
     except InputError as e:
         raise InputError(f"--model_dir: {e}") from None
-    sampler = sampling.Sampler(run.model, run.model_config, jit_compile=FLAGS.jit)
     return sampler, "model_dir", run.step
+
+
+def _label(sampling, source) -> int:
+    """--label as an index (a class name resolved with the model's names), checked against the
+    model; the default (none) on a model that needs a class is a usage error saying so."""
+    if isinstance(source, sampling.Sampler):
+        num_classes, trained = source.config.num_classes, source.null_label_trained
+    else:
+        num_classes, trained = source.num_classes, source.null_label_trained
+    names = source.label_names
+    label = sampling.resolve_label(FLAGS.label, num_classes, names)
+    if num_classes and label == -1 and not trained:
+        given = "--label=-1" if FLAGS.label is not None else "--label is not given (no class)"
+        raise UsageError(
+            f"{given}: this class-conditional model was trained with train_config.label_dropout "
+            "= 0, so it has no trained 'no label' embedding; pass a class with --label "
+            f"({sampling.describe_classes(num_classes, names)})"
+        )
+    sampling.check_label(label, num_classes, trained, names)
+    return label
 
 
 def _main(args: list[str]) -> int:
@@ -157,15 +193,20 @@ def _main(args: list[str]) -> int:
 
     from dct_gen import sampling
 
-    draws = {}
+    draws = dict(guidance=FLAGS.guidance)
     if task == GENERATE:
-        draws = dict(temperature=FLAGS.temperature, top_p=FLAGS.top_p, top_k=FLAGS.top_k)
+        draws.update(temperature=FLAGS.temperature, top_p=FLAGS.top_p, top_k=FLAGS.top_k)
     try:
         sampling.SampleOptions(**draws)
     except UsageError as e:
         raise UsageError(f"--{e}") from None  # the messages start with the option's name
     inputs = _read_inputs(paths)
     source, flag, step = _source(sampling)
+    try:
+        label = _label(sampling, source)
+    except UsageError as e:
+        message = str(e)
+        raise UsageError(message if message.startswith("--") else f"--{message}") from None
     if isinstance(source, sampling.Sampler):
         max_chunks = FLAGS.max_chunks or sampling.default_max_chunks(source.config)
         draws["max_chunks"] = max_chunks
@@ -176,7 +217,7 @@ def _main(args: list[str]) -> int:
             task,
             num_samples=num_samples,
             images=inputs,
-            label=FLAGS.label,
+            label=label,
             options=sampling.SampleOptions(**draws),
             seed=FLAGS.seed,
             batch_size=FLAGS.batch_size,
@@ -194,8 +235,9 @@ def _main(args: list[str]) -> int:
         temperature=options.temperature,
         top_p=options.top_p,
         top_k=options.top_k,
-        guidance=None,
+        guidance=None if options.guidance == 1 else options.guidance,
         checkpoint_step=step,
+        label_names=source.label_names,
     )
     files = sampling.write_task(samples, FLAGS.out, task, inputs, info=info)
     summary = {

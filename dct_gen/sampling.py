@@ -28,7 +28,10 @@ last element. Sampled sequences are therefore always valid triples
 (`representation.check_sequence`); the decoders' inputs are training's exactly. Draws use
 temperature, top-k and top-p (nucleus) filtering on each of the three distributions, with
 stateless random numbers keyed on (seed, chunk, element, component): the same seed gives the
-same sequences.
+same sequences. A class-conditional model can be sampled with classifier-free guidance
+(`SampleOptions.guidance`, `guide_logits`): the conditional and the null-label (-1) rows run as
+one batch of 2b, and each draw comes from null + g * (cond - null), masked and filtered after.
+Label -1 and guidance need a trained null label (`null_label_trained`).
 
 Everything runs in TensorFlow graphs with static shapes: `sample_chunk` is one tf.function
 per chunk (the Python driver `sample` loops over chunks, reporting progress, and stops early);
@@ -84,6 +87,12 @@ class SampleOptions:
         (in (0, 1], at least float32's smallest normal number; 1: off).
       top_k: keep the k most likely (0: off).
       max_chunks: the chunk limit per image (past its context).
+      guidance: the classifier-free guidance scale g (finite, >= 0) of a class-conditional
+        model: each of the three distributions is drawn from null + g * (cond - null), cond the
+        logits with the sample's label and null those with the null label -1 (`guide_logits`).
+        1: no guidance (plain conditional sampling, one pass); 0: unconditional; above 1: more
+        typical of the class. Any value but 1 needs a model whose null label was trained
+        (`null_label_trained`).
 
     Raises:
       UsageError: an option of the wrong type or out of range (infinite or NaN among them);
@@ -94,6 +103,7 @@ class SampleOptions:
     top_p: float = 1.0
     top_k: int = 0
     max_chunks: int = 64
+    guidance: float = 1.0
 
     def __post_init__(self):
         # The messages start with the option's name (the command line prefixes `--`).
@@ -102,6 +112,7 @@ class SampleOptions:
             ("top_p", numbers.Real, "a number"),
             ("top_k", numbers.Integral, "an integer"),
             ("max_chunks", numbers.Integral, "an integer"),
+            ("guidance", numbers.Real, "a number"),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, kind):
@@ -122,6 +133,7 @@ class SampleOptions:
             raise UsageError(f"top_k={self.top_k}: must be >= 0 (0 is off)")
         if self.max_chunks < 1:
             raise UsageError(f"max_chunks={self.max_chunks}: must be >= 1")
+        check_guidance_value(self.guidance)
 
 
 def filter_logits(logits, temperature, top_p, top_k):
@@ -161,6 +173,39 @@ def filter_logits(logits, temperature, top_p, top_k):
     return tf.cond((top_k > 0) | (top_p < 1.0), filtered, lambda: logits)
 
 
+def check_guidance_value(guidance) -> None:
+    """Raises UsageError unless guidance is a finite number >= 0 that float32 holds."""
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real):
+        raise UsageError(f"guidance={guidance!r}: must be a number")
+    if not (math.isfinite(guidance) and guidance >= 0):  # NaN fails both
+        raise UsageError(f"guidance={guidance}: must be finite and >= 0 (1: no guidance)")
+    if guidance > FLOAT32_NORMAL[1]:
+        raise UsageError(f"guidance={guidance}: must be at most {FLOAT32_NORMAL[1]:.4g} (float32)")
+
+
+def guide_logits(logits, guidance):
+    """Classifier-free guidance on (2b, vocab) raw logits whose first b rows are conditional
+    (the samples' labels) and last b rows unconditional (label -1): (b, vocab) logits
+    null + g * (cond - null).
+
+    g = 1 gives the conditional rows and g = 0 the unconditional rows exactly (not only up to
+    rounding), so those two scales draw what plain sampling with the label, or with -1, draws.
+    Other scales are clipped into [MASK_VALUE / 2, -MASK_VALUE / 2].
+    """
+    cond, null = tf.split(logits, 2, axis=0)
+    g = tf.cast(guidance, logits.dtype)
+    # A huge scale must neither overflow to inf (NaN after filtering) nor push an allowed move
+    # down to MASK_VALUE, where the draws would take it for one the structural mask removed.
+    bound = -0.5 * layers.MASK_VALUE
+    mixed = tf.clip_by_value(null + g * (cond - null), -bound, bound)
+    return tf.where(tf.equal(g, 1.0), cond, tf.where(tf.equal(g, 0.0), null, mixed))
+
+
+def _twice(t):
+    """(b, ...) -> (2b, ...): the conditional rows, then the same again for the null label."""
+    return tf.concat([t, t], axis=0)
+
+
 def _gather(buffer, index):
     """buffer (b, N), index (b,) -> (b,), indices clipped into the buffer."""
     n = tf.shape(buffer)[1]
@@ -183,12 +228,33 @@ class Sampler:
       model: a model from `dct_gen.model.build_model(model_config)` (trained weights).
       model_config: its ModelConfig.
       jit_compile: compile each chunk with XLA.
+      null_label_trained: whether the model's null label (-1) was trained
+        (`null_label_trained` of the run's config.json; `Sampler.from_run` reads it). False
+        (a class-conditional model trained with train_config.label_dropout = 0): label -1 and
+        guidance other than 1 are refused. Unconditional models ignore it.
+      label_names: the class names (index = label), or None; for captions and for
+        `resolve_label`.
+
+    Classifier-free guidance (`SampleOptions.guidance` g != 1) runs the encoder and the three
+    decoders on a batch of 2b rows, the b samples with their labels and the same b with label
+    -1, each half with its own caches; the guided logits of each component (`guide_logits`)
+    are masked and filtered, and the one draw feeds both halves' next inputs.
     """
 
     DECODERS = model_lib.COMPONENTS
 
-    def __init__(self, model, model_config: model_lib.ModelConfig, jit_compile: bool = False):
+    def __init__(
+        self,
+        model,
+        model_config: model_lib.ModelConfig,
+        jit_compile: bool = False,
+        *,
+        null_label_trained: bool = True,
+        label_names: Sequence[str] | None = None,
+    ):
         self.model = model
+        self.null_label_trained = bool(null_label_trained)
+        self.label_names = None if label_names is None else [str(n) for n in label_names]
         self.config = model_config
         self.dct: DCTConfig = model_config.dct
         self.window = model_config.window
@@ -210,6 +276,32 @@ class Sampler:
         )  # channel -> place in the ordering
         self.jit_compile = bool(jit_compile)
         self.sample_chunk = tf.function(self._chunk, jit_compile=self.jit_compile)
+
+    @classmethod
+    def from_run(cls, run, jit_compile: bool = False) -> Sampler:
+        """The Sampler of a loaded run (`run_dir.load_run`), with whether its null label was
+        trained and its class names, from its config.json."""
+        raw = read_run_json(run.model_dir)
+        return cls(
+            run.model,
+            run.model_config,
+            jit_compile=jit_compile,
+            null_label_trained=null_label_trained(raw),
+            label_names=run_label_names(raw),
+        )
+
+    def check_labels(self, labels) -> None:
+        """Raises UsageError unless every label (an int or an array) is one the model takes
+        (`check_label`)."""
+        for label in np.unique(np.asarray(labels, np.int64)):
+            check_label(
+                int(label), self.config.num_classes, self.null_label_trained, self.label_names
+            )
+
+    def check_guidance(self, guidance: float) -> None:
+        """Raises UsageError unless the model can be sampled with this guidance scale
+        (`check_guidance`)."""
+        check_guidance(guidance, self.config.num_classes, self.null_label_trained)
 
     # ------------------------------------------------------------------------------------------
     # Encoder and decoders, one block of elements at a time.
@@ -302,7 +394,7 @@ class Sampler:
 
     def element(
         self, j, prev, forced, known, caches, cross, memory, label_vector, draw, min_rank=None,
-        before=None,
+        before=None, guidance=None,
     ):  # fmt: skip
         """One element at window index j: channel, position, value in turn.
 
@@ -311,9 +403,19 @@ class Sampler:
         drawn channels rank at least this in the ordering (colorization: chroma only); before:
         optional (c, p), each (b,), the element before the window (-1: none), which the
         structural mask of window index 0 follows (the decoders never see it, as in training).
-        Returns the element's (c, p, v), the three masked logits and the updated caches.
+        guidance: None, or the scale g (scalar tensor): then caches, cross, memory and
+        label_vector hold 2b rows (the samples' labels, then label -1) and each head's logits
+        are guided (`guide_logits`) before the structural mask.
+        Returns the element's (c, p, v), the three masked (b, vocab) logits and the updated
+        caches.
         """
         caches = dict(caches)
+        both = (lambda t: t) if guidance is None else _twice
+        head = lambda name, h: (
+            self.heads[name](h)[:, 0]
+            if guidance is None
+            else guide_logits(self.heads[name](h)[:, 0], guidance)
+        )
         # At window index 0 the decoders get the start vector, as in training; the structural
         # mask still follows the element before the window where there is one (with no overlap,
         # chunk k > 0 starts right after chunk k - 1's last element), or a draw there could
@@ -322,29 +424,32 @@ class Sampler:
         before_c, before_p = (none, none) if before is None else before
         prev_c = tf.where(j > 0, prev[0], before_c)
         prev_p = tf.where(j > 0, prev[1], before_p)
-        x = self.channel_input([t[:, None] for t in prev], j, 1, label_vector)
+        x = self.channel_input([both(t)[:, None] for t in prev], j, 1, label_vector)
         h, caches["channel"] = self.decode("channel", x, caches["channel"], cross["channel"], j)
-        logits_c = self.mask_logits("channel", self.heads["channel"](h)[:, 0], None, prev_c, prev_p)
+        logits_c = self.mask_logits("channel", head("channel", h), None, prev_c, prev_p)
         if min_rank is not None:
             logits_c = model_lib.apply_mask(logits_c, self.rank[None, :] >= min_rank[:, None])
         c = tf.where(known, forced[0], draw("channel", logits_c))
 
-        x = self.position_input(h, c[:, None])
+        x = self.position_input(h, both(c)[:, None])
         h, caches["position"] = self.decode("position", x, caches["position"], cross["position"], j)
-        logits_p = self.mask_logits("position", self.heads["position"](h)[:, 0], c, prev_c, prev_p)
+        logits_p = self.mask_logits("position", head("position", h), c, prev_c, prev_p)
         p = tf.where(known, forced[1], draw("position", logits_p))
 
-        x = self.value_input(h, memory, p[:, None])
+        x = self.value_input(h, memory, both(p)[:, None])
         h, caches["value"] = self.decode("value", x, caches["value"], cross["value"], j)
-        logits_v = self.mask_logits("value", self.heads["value"](h)[:, 0], c, prev_c, prev_p)
+        logits_v = self.mask_logits("value", head("value", h), c, prev_c, prev_p)
         v = tf.where(known, forced[2], draw("value", logits_v) - self.dct.clip)
         return (c, p, v), (logits_c, logits_p, logits_v), caches
 
     # ------------------------------------------------------------------------------------------
     # One chunk.
 
-    def _chunk(self, state: dict, chunk, seed, temperature, top_p, top_k):
+    def _chunk(self, state: dict, chunk, seed, temperature, top_p, top_k, guidance=None):
         """Samples chunk `chunk` (scalar int32) of every running image; returns the new state.
+
+        guidance: None (plain sampling), or the guidance scale (scalar float32): the chunk then
+        runs on 2b rows, conditional and null (see the class docstring).
 
         state: channels, positions, values (b, N) int32, the sequence buffers; known (b,) how
         many leading elements are fixed (context and what earlier chunks drew); base (b,) where
@@ -363,8 +468,12 @@ class Sampler:
         running = ~done & (start < n_buffer) & (chunk <= state["last_chunk"])
 
         dct_image = dct_ops.dct_image_from_triples(*buffers, cfg, num_triples=start)
-        memory, cross, label_vector = self.encode(dct_image, state["label"])
-        caches = self.empty_caches(batch)
+        both = (lambda t: t) if guidance is None else _twice
+        labels = state["label"]
+        if guidance is not None:
+            labels = tf.concat([labels, tf.fill(tf.shape(labels), -1)], axis=0)
+        memory, cross, label_vector = self.encode(both(dct_image), labels)
+        caches = self.empty_caches(tf.shape(labels)[0])
         seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), chunk)
 
         def draw(name, logits, j):
@@ -386,7 +495,9 @@ class Sampler:
             can_prefill = tf.reduce_all(~running | (known - first >= overlap))
             caches = tf.cond(
                 can_prefill,
-                lambda: self.prefill(window, caches, cross, memory, label_vector, overlap),
+                lambda: self.prefill(
+                    [both(t) for t in window], caches, cross, memory, label_vector, overlap
+                ),
                 lambda: caches,
             )
             j0 = tf.where(can_prefill, overlap, 0)
@@ -411,7 +522,7 @@ class Sampler:
             is_known = _gather(tf.cast(window_known, tf.int32), column) > 0
             triple, _, caches = self.element(
                 j, prev, forced, is_known, caches, cross, memory, label_vector,
-                lambda name, logits: draw(name, logits, j), state["min_rank"], before,
+                lambda name, logits: draw(name, logits, j), state["min_rank"], before, guidance,
             )  # fmt: skip
             write = act & ~is_known
             window = [_write(t, column, x, write) for t, x in zip(window, triple)]
@@ -509,8 +620,19 @@ class Sampler:
         """Runs chunks until every image stops or reaches its chunk limit (options.max_chunks
         chunks from its first chunk); returns the final state.
 
-        progress(chunk, last_chunk, state) is called after each chunk.
+        options.guidance other than 1 guides every draw (the class docstring); exactly 1 runs
+        the plain, single-pass chunk. progress(chunk, last_chunk, state) is called after each
+        chunk.
+
+        Raises:
+          UsageError: a label in the state, or the guidance, that the model cannot take
+            (`check_label`, `check_guidance`).
         """
+        self.check_labels(state["label"])
+        self.check_guidance(options.guidance)
+        guidance = None
+        if options.guidance != 1:
+            guidance = tf.constant(options.guidance, tf.float32)
         k0 = self.first_chunk(state)
         state = self.with_limit(state, options.max_chunks)
         last = int(tf.reduce_max(state["last_chunk"]).numpy())
@@ -521,15 +643,20 @@ class Sampler:
             tf.constant(options.top_k, tf.int32),
         )
         for k in range(k0, last + 1):
-            state = self.sample_chunk(state, tf.constant(k, tf.int32), seed, *args)
+            state = self.sample_chunk(state, tf.constant(k, tf.int32), seed, *args, guidance)
             if progress is not None:
                 progress(k, last, state)
             if bool(tf.reduce_all(state["done"])):
                 break
         return state
 
-    def sample_graph(self, state, max_chunks, seed, temperature, top_p, top_k):
-        """The chunk loop inside the graph (for export): tensors in, final state out."""
+    def sample_graph(self, state, max_chunks, seed, temperature, top_p, top_k, guidance=None):
+        """The chunk loop inside the graph (for export): tensors in, final state out.
+
+        guidance: None (plain sampling only), or a scalar float32 tensor: each chunk runs the
+        plain pass where it equals 1 and the guided one otherwise (both are traced). Nothing
+        here checks it or the labels: the caller does (the SavedModel, in its graph).
+        """
         k0 = tf.reduce_min(self.first_chunks(state))
         state = self.with_limit(state, max_chunks)
         last = tf.reduce_max(state["last_chunk"]) + 1
@@ -538,7 +665,13 @@ class Sampler:
             return (k < last) & ~tf.reduce_all(state["done"])
 
         def body(k, state):
-            return k + 1, self._chunk(state, k, seed, temperature, top_p, top_k)
+            args = (state, k, seed, temperature, top_p, top_k)
+            if guidance is None:
+                return k + 1, self._chunk(*args)
+            g = tf.cast(guidance, tf.float32)
+            return k + 1, tf.cond(
+                tf.equal(g, 1.0), lambda: self._chunk(*args), lambda: self._chunk(*args, g)
+            )
 
         _, state = tf.while_loop(cond, body, (k0, state))
         return state
@@ -546,27 +679,37 @@ class Sampler:
     # ------------------------------------------------------------------------------------------
     # Scoring a given window through the cached path (tests: cached == full forward).
 
-    def cached_logits(self, batch: dict, prefill: bool = True, before=None):
+    def cached_logits(self, batch: dict, prefill: bool = True, before=None, guidance=None):
         """The masked logits of every element of a training window, computed element by element
         through the caches (the overlap prefilled when `prefill` and chunk_start > 0).
 
         batch: a `dct_gen.data.make_dataset` batch (channels, positions, values, dct_image,
         label, indices). before: optional (channels, positions), each (b,), of the element
         before each window, which `sample_chunk` gives the structural mask of window index 0
-        (-1: none; None: none for every window, as the model's own mask). Returns
+        (-1: none; None: none for every window, as the model's own mask). guidance: None, or
+        a scale g: the guided logits, as sampling with guidance g draws from them. Returns
         {"channel", "position", "value"}: (b, W, vocab) float32, to compare with
         `model.forward` where the window holds real elements.
         """
         triples = [tf.cast(batch[k], tf.int32) for k in ("channels", "positions", "values")]
         b = tf.shape(triples[0])[0]
-        label = batch.get("label", tf.fill([b], -1))
-        memory, cross, label_vector = self.encode(batch["dct_image"], label)
-        caches = self.empty_caches(b)
+        label = tf.cast(batch.get("label", tf.fill([b], -1)), tf.int32)
+        dct_image = batch["dct_image"]
+        if guidance is not None:
+            guidance = tf.constant(guidance, tf.float32)
+            label = tf.concat([label, tf.fill([b], -1)], axis=0)
+            dct_image = _twice(dct_image)
+        memory, cross, label_vector = self.encode(dct_image, label)
+        rows = tf.shape(label)[0]
+        caches = self.empty_caches(rows)
         j0 = 0
         overlap = self.config.overlap
         outputs = {name: [] for name in self.DECODERS}
         if prefill and overlap > 0:
-            full = self.prefill(triples, self.empty_caches(b), cross, memory, label_vector, overlap)
+            rows_triples = triples if guidance is None else [_twice(t) for t in triples]
+            full = self.prefill(
+                rows_triples, self.empty_caches(rows), cross, memory, label_vector, overlap
+            )
             caches, j0 = full, overlap
         for j in range(self.window):
             if j < j0:
@@ -577,6 +720,7 @@ class Sampler:
                 tf.constant(j), prev, forced, tf.ones([b], tf.bool), caches, cross, memory,
                 label_vector, lambda name, logits: tf.zeros([b], tf.int32),
                 before=None if before is None else [tf.cast(t, tf.int32) for t in before],
+                guidance=guidance,
             )  # fmt: skip
             for name, x in zip(self.DECODERS, logits):
                 outputs[name].append(x)
@@ -629,12 +773,133 @@ class Samples:
         return self._images
 
 
-def check_label(label: int, num_classes: int | None) -> None:
-    """Raises UsageError unless the model has the class label (-1, none, always fits)."""
+# ----------------------------------------------------------------------------------------------
+# Labels: the null label, guidance, class names.
+
+NULL_LABEL_UNTRAINED = (
+    "this model was trained with train_config.label_dropout = 0, so it has no trained "
+    "'no label' embedding"
+)
+
+
+def null_label_trained(raw_config: Mapping[str, Any]) -> bool:
+    """Whether a run's null label (-1, "no label") was trained, from its config.json as read
+    (`run_dir.read_json`): train_config.label_dropout > 0. A run that does not record it
+    (older runs) or records 0 never replaced a label by -1, so the null label's embedding is
+    untrained: sampling a class-conditional model with label -1, upsampling without a label and
+    classifier-free guidance are then refused. Unconditional models only ever see -1; callers
+    apply this to class-conditional models (model_config.num_classes > 0) only.
+    """
+    train = raw_config.get("train_config") if isinstance(raw_config, Mapping) else None
+    rate = train.get("label_dropout") if isinstance(train, Mapping) else None
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        return False
+    return math.isfinite(rate) and rate > 0
+
+
+def run_label_names(raw_config: Mapping[str, Any]) -> list[str] | None:
+    """The class names (index = label) a run's config.json records under "label_names"; None
+    when it records none.
+
+    Raises:
+      InputError: "label_names" is there but not a list of names.
+    """
+    names = raw_config.get("label_names") if isinstance(raw_config, Mapping) else None
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+        raise InputError(f"label_names = {names!r}: must be a list of class names or null")
+    return [str(n) for n in names]
+
+
+def read_run_json(model_dir: str) -> dict:
+    """A run directory's config.json as plain JSON ({} when it has none)."""
+    from dct_gen import run_dir
+
+    raw = run_dir.read_json(os.path.join(model_dir, run_dir.RUN_CONFIG_FILE), {})
+    return raw if isinstance(raw, dict) else {}
+
+
+def describe_classes(num_classes: int, label_names: Sequence[str] | None = None) -> str:
+    """The classes as messages list them: "0..N-1", with their names when there are some."""
+    text = f"0..{num_classes - 1}"
+    if label_names:
+        text += ": " + ", ".join(str(n) for n in label_names)
+    return text
+
+
+def check_label(
+    label: int,
+    num_classes: int | None,
+    null_label_trained: bool = True,
+    label_names: Sequence[str] | None = None,
+) -> None:
+    """Raises UsageError unless the model takes the class label.
+
+    -1 (no class) fits an unconditional model, and a class-conditional one whose null label
+    was trained (`null_label_trained`); a class-conditional model takes 0..num_classes - 1.
+    The message starts with `label=<label>:`.
+    """
     if num_classes and not -1 <= label < num_classes:
         raise UsageError(f"label={label}: out of range [-1, {num_classes})")
     if not num_classes and label != -1:
         raise UsageError(f"label={label}: this model is unconditional (num_classes is not set)")
+    if num_classes and label == -1 and not null_label_trained:
+        classes = describe_classes(num_classes, label_names)
+        raise UsageError(f"label=-1: {NULL_LABEL_UNTRAINED}; pass a class ({classes})")
+
+
+def check_guidance(
+    guidance: float, num_classes: int | None, null_label_trained: bool = True
+) -> None:
+    """Raises UsageError unless a model can be sampled with this classifier-free guidance scale:
+    a finite number >= 0; other than 1 (no guidance) only for a class-conditional model whose
+    null label was trained. The message starts with `guidance=<g>:`."""
+    check_guidance_value(guidance)
+    if guidance == 1:
+        return
+    if not num_classes:
+        raise UsageError(
+            f"guidance={guidance}: this model is unconditional (num_classes is not set); "
+            "guidance needs a class-conditional model (1: no guidance)"
+        )
+    if not null_label_trained:
+        raise UsageError(
+            f"guidance={guidance}: guidance needs the null label, but {NULL_LABEL_UNTRAINED}; "
+            "pass 1 (no guidance)"
+        )
+
+
+def resolve_label(value: str | int | None, num_classes: int | None, label_names=None) -> int:
+    """A label given as an index or a class name: an integer (in any form int() reads) is an
+    index, anything else a name from label_names; None is -1 (no class). The range is
+    `check_label`'s to check.
+
+    Raises:
+      UsageError: a name the model does not have (the message lists its names), or a name for
+        a model without names.
+    """
+    if value is None:
+        return -1
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    names = list(label_names or [])
+    if text in names:
+        return names.index(text)
+    if not num_classes:
+        raise UsageError(f"label={text!r}: this model is unconditional (num_classes is not set)")
+    if not names:
+        raise UsageError(
+            f"label={text!r}: this model records no class names; pass an index "
+            f"(0..{num_classes - 1})"
+        )
+    classes = describe_classes(num_classes, names)
+    raise UsageError(f"label={text!r}: not a class name of this model; its classes: {classes}")
 
 
 def upsampling_context(image: np.ndarray, cfg: DCTConfig) -> tuple[rep.DCTSequence, np.ndarray]:
@@ -708,10 +973,11 @@ def sample_batches(
     labels: an int or one per sample (class-conditional models; -1: none). contexts: one per
     sample, kept exactly as the first triples. context_is_base: colorization: chunk 0 starts
     after the context (the model was trained on chroma chunks after all luma) and only chroma
-    channels are drawn.
+    channels are drawn. options.guidance: the classifier-free guidance scale (1: none).
 
     Raises:
-      UsageError: num_samples or batch_size below 1, a label the model does not have.
+      UsageError: num_samples or batch_size below 1, a label the model does not have (-1 among
+        them when its null label was not trained), guidance the model cannot take.
     """
     cfg, cmodel = sampler.dct, sampler.config
     if num_samples < 1:
@@ -719,8 +985,8 @@ def sample_batches(
     if batch_size < 1:
         raise UsageError(f"batch_size={batch_size}: must be >= 1")
     labels = np.broadcast_to(np.asarray(-1 if labels is None else labels, np.int32), num_samples)
-    for label in np.unique(labels):
-        check_label(int(label), cmodel.num_classes)
+    sampler.check_labels(labels)
+    sampler.check_guidance(options.guidance)
     if contexts is not None and len(contexts) != num_samples:
         raise ValueError(f"{len(contexts)} contexts for {num_samples} samples")
     out_seqs, finished, ctx_lengths = [], [], []
@@ -932,6 +1198,12 @@ def write_samples(
 class SavedModelSource:
     """Sampling through an exported SavedModel's signatures (`dct_gen.export`).
 
+    Attributes:
+      cfg, num_classes, max_num_samples: from the export's config_json.
+      null_label_trained, label_names: likewise (an export from before they were recorded:
+        True and None).
+      signatures: the signature names.
+
     Raises:
       InputError: path is not a SavedModel directory (the message names it).
     """
@@ -944,7 +1216,36 @@ class SavedModelSource:
         self.cfg = DCTConfig.from_dict(raw["model_config"]["dct"])
         self.num_classes = raw["model_config"].get("num_classes")
         self.max_num_samples = int(raw["max_num_samples"])
+        self.null_label_trained = bool(raw.get("null_label_trained", True))
+        self.label_names = run_label_names(raw)
         self.signatures = set(self.loaded.signatures.keys())
+
+    def takes(self, signature: str, argument: str) -> bool:
+        """Whether a signature has an argument (exports before guidance lack `guidance`, and
+        their upsample, colorize and log_prob `label`)."""
+        _, kwargs = self.loaded.signatures[signature].structured_input_signature
+        return argument in kwargs
+
+    def _optional(self, signature: str, label: int, guidance: float) -> dict:
+        """The label and guidance arguments a signature takes; a value other than the old
+        behaviour's (-1, 1) for one that does not take it is refused."""
+        out = {}
+        for name, value, plain in (("label", label, -1), ("guidance", guidance, 1.0)):
+            if self.takes(signature, name):
+                dtype = tf.int32 if name == "label" else tf.float32
+                out[name] = tf.constant(value, dtype)
+            elif value != plain:
+                raise UsageError(
+                    f"{name}={value}: this SavedModel's {signature} signature takes no {name} "
+                    "(exported by an earlier version); export the run again"
+                )
+        return out
+
+    def check(self, label: int, guidance: float) -> None:
+        """Raises UsageError for a label or guidance the exported model cannot take (what its
+        signatures would refuse in the graph), before any call."""
+        check_label(label, self.num_classes, self.null_label_trained, self.label_names)
+        check_guidance(guidance, self.num_classes, self.null_label_trained)
 
     def _samples(self, outputs: list[dict], labels, context_lengths=None) -> Samples:
         seqs, finished = [], []
@@ -966,6 +1267,10 @@ class SavedModelSource:
         return Samples(self.cfg, seqs, np.array(finished), np.asarray(ctx, np.int32), labels)
 
     def sample(self, num_samples, label, options: SampleOptions, seed, progress=None) -> Samples:
+        """num_samples samples with `label` (-1: none), options' temperature, top_p and
+        guidance, in calls of at most max_num_samples."""
+        self.check(label, options.guidance)
+        extra = self._optional("sample", label, options.guidance)
         outputs = []
         for start in range(0, num_samples, self.max_num_samples):
             n = min(self.max_num_samples, num_samples - start)
@@ -976,30 +1281,45 @@ class SavedModelSource:
                     temperature=tf.constant(options.temperature, tf.float32),
                     top_p=tf.constant(options.top_p, tf.float32),
                     seed=tf.constant(seed * 1_000_003 + start, tf.int64),
+                    **{k: v for k, v in extra.items() if k != "label"},
                 )
             )
             if progress:
                 progress(f"samples {start + 1}-{start + n} of {num_samples} done")
         return self._samples(outputs, np.full(num_samples, label, np.int32))
 
-    def conditional(self, task: str, images, per_image: int, seed: int, progress=None):
+    def conditional(
+        self,
+        task: str,
+        images,
+        per_image: int,
+        seed: int,
+        progress=None,
+        label: int = -1,
+        guidance: float = 1.0,
+    ):
+        """per_image samples of a task ("upsample", "colorize") for each image, with the class
+        label (-1: none) and guidance scale."""
         if task not in self.signatures:
             raise InputError(
                 f"this SavedModel has no {task} signature (it has {sorted(self.signatures)})"
             )
+        self.check(label, guidance)
+        extra = self._optional(task, label, guidance)
         outputs, ctx = [], []
         for i, image in enumerate(images):
             for j in range(per_image):
                 out = self.loaded.signatures[task](
                     image=tf.constant(image, tf.uint8),
                     seed=tf.constant(seed * 1_000_003 + i * per_image + j, tf.int64),
+                    **extra,
                 )
                 ctx.append(int(out.pop("context_length")))
                 outputs.append(out)
             if progress:
                 progress(f"{task}: image {i + 1} of {len(images)} done")
         n = len(outputs)
-        return self._samples(outputs, np.full(n, -1, np.int32), np.array(ctx, np.int32))
+        return self._samples(outputs, np.full(n, label, np.int32), np.array(ctx, np.int32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1028,16 +1348,19 @@ def sample_task(
         each image, `upsampling_context`) or "colorize" (`colorization_context`).
       num_samples: generate: how many; a task: how many per image.
       images: the task's input images (uint8 RGB or grey arrays); none for generate.
-      label: the class label of generated samples (-1: none).
+      label: the class label of every sample, of any task (-1: none; a class-conditional model
+        whose null label was not trained needs a class).
       options: how draws are made (None: the defaults, with a chunk limit long enough for any
-        image). A SavedModel's task signatures take none of them, its sample signature
+        image). options.guidance (classifier-free guidance, 1: none) applies to every task. A
+        SavedModel's task signatures take none of the others, its sample signature
         temperature and top_p only.
       seed: the same seed gives the same samples.
       batch_size: samples drawn together (a Sampler).
       progress: called with one line per chunk (a Sampler) or per call (a SavedModel).
 
     Raises:
-      UsageError: a bad argument; the message starts with its name.
+      UsageError: a bad argument; the message starts with its name (a label or guidance the
+        model cannot take among them: `check_label`, `check_guidance`).
       InputError: the model cannot do the task (upsampling needs an interleaved model,
         colorization a luma_first one; a SavedModel without the task's signature).
     """
@@ -1045,19 +1368,21 @@ def sample_task(
         raise UsageError(f"task={task!r}: one of {', '.join(TASKS)}")
     if (task == "generate") == bool(len(images)):
         raise UsageError(f"images: {task} takes {'none' if task == 'generate' else 'some'}")
-    if task != "generate" and label != -1:
-        raise UsageError(f"label={label}: applies to generate only")
     if num_samples < 1:
         raise UsageError(f"num_samples={num_samples}: must be >= 1")
     if isinstance(source, SavedModelSource):
         options = options or SampleOptions()
+        source.check(label, options.guidance)
         if task != "generate":
-            return source.conditional(task, images, num_samples, seed, progress)
+            return source.conditional(
+                task, images, num_samples, seed, progress, label=label, guidance=options.guidance
+            )
         if options.top_k:
             raise UsageError(f"top_k={options.top_k}: the SavedModel's sample signature has none")
-        check_label(label, source.num_classes)
         return source.sample(num_samples, label, options, seed, progress)
     options = options or SampleOptions(max_chunks=default_max_chunks(source.config))
+    source.check_labels(label)
+    source.check_guidance(options.guidance)
     common = dict(options=options, seed=seed, batch_size=batch_size, progress=progress)
     if task == "generate":
         return sample_batches(source, num_samples, labels=label, **common)
@@ -1066,6 +1391,7 @@ def sample_task(
     return sample_batches(
         source,
         len(contexts) * num_samples,
+        labels=label,
         contexts=[c for c in contexts for _ in range(num_samples)],
         context_is_base=task == "colorize",
         **common,

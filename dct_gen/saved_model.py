@@ -4,35 +4,48 @@ The SavedModel needs neither dct_gen nor Keras to run: load it with
 `tf.saved_model.load(SAVED_MODEL)` and call its signatures (also in
 `loaded.signatures[name]`), every argument a scalar unless a shape is given:
 
-  sample(num_samples int32, label int32, temperature float32, top_p float32, seed int64)
+  sample(num_samples int32, label int32, temperature float32, top_p float32, seed int64,
+         guidance float32)
       -> images uint8 (n, R, R, 3), the canvas: sample i is images[i, :heights[i], :widths[i]];
          heights, widths int32 (n,); channels, positions, values int32 (n, L), padded, without
          the stop token; lengths int32 (n,); stopped bool (n,), whether each sample reached
          its stop token (else the chunk limit cut it).
   log_prob(channels int32 (L,), positions int32 (L,), values int32 (L,), height int32,
-           width int32)
-      -> bits_per_subpixel float32 (the sequence's exact negative log-likelihood, stop token
-         included, over 3 * height * width), channel_/position_/value_bits_per_subpixel,
-         nats float32.
-  upsample(image uint8 (h, w, 3), seed int64)          interleaved models
+           width int32, label int32)
+      -> bits_per_subpixel float32 (the sequence's exact negative log-likelihood given the
+         label, stop token included, over 3 * height * width),
+         channel_/position_/value_bits_per_subpixel, nats float32.
+  upsample(image uint8 (h, w, 3), seed int64, label int32, guidance float32)
+                                                       interleaved models
       -> as sample, one image: B x upsampling (8x at B = 8) of the image, whose first channel of
          Y, Cb and Cr is the context (`dct_gen.sampling.upsampling_context`); context_length.
-  colorize(image uint8 (h, w, 1 or 3), seed int64)     luma_first models
+  colorize(image uint8 (h, w, 1 or 3), seed int64, label int32, guidance float32)
+                                                       luma_first models
       -> as sample, one image: the image's luma kept, its chroma sampled
          (`dct_gen.sampling.colorization_context`); context_length.
 
-`loaded.config_json` holds the representation and model configuration (JSON). The signatures
-declare their arguments with a dtype and no shape: TensorFlow refuses another dtype before the
-graph runs, and each signature checks the rest in the graph, rank first, and fails with an
-InvalidArgumentError whose message names the argument and what it got ("temperature: must be
-finite and > 0, got inf"): an argument of the wrong rank, a label out of range, num_samples
-below 1 or above the cap, a temperature that is not finite and > 0, a top_p outside (0, 1] (NaN
-included), an image of the wrong channels or size, a sequence whose arrays differ in length or
-hold ids out of range, or a sequence no codec writes: log_prob names the first triple that
-breaks a rule of `representation.check_sequence` (a zero value, channels out of the ordering,
-positions not ascending within a channel, chroma at an odd row or column, a position outside the
-height x width image) and the rule, in its words. Nothing computes on an argument before its
-checks pass.
+label is a class of a class-conditional model, or -1 (no class: the only label of an
+unconditional model, refused by a class-conditional model whose null label was not trained,
+`sampling.null_label_trained`). guidance is the classifier-free guidance scale
+(`sampling.SampleOptions.guidance`: finite, >= 0; 1 is no guidance and the only scale an
+unconditional model, or one without a trained null label, takes). The signatures' dictionaries
+(`loaded.signatures[name]`) need every argument; the functions on the loaded object
+(`loaded.sample(...)`, ...) default the newer ones, label to -1 and guidance to 1.
+
+`loaded.config_json` holds the representation and model configuration (JSON), with the class
+names ("label_names", null without) and whether the null label was trained
+("null_label_trained"). The signatures declare their arguments with a dtype and no shape:
+TensorFlow refuses another dtype before the graph runs, and each signature checks the rest in
+the graph, rank first, and fails with an InvalidArgumentError whose message names the argument
+and what it got ("temperature: must be finite and > 0, got inf"): an argument of the wrong rank,
+a label out of range (or -1 without a trained null label), a guidance scale that is negative,
+not finite or not allowed (see above), num_samples below 1 or above the cap, a temperature that
+is not finite and > 0, a top_p outside (0, 1] (NaN included), an image of the wrong channels or
+size, a sequence whose arrays differ in length or hold ids out of range, or a sequence no codec
+writes: log_prob names the first triple that breaks a rule of `representation.check_sequence` (a
+zero value, channels out of the ordering, positions not ascending within a channel, chroma at an
+odd row or column, a position outside the height x width image) and the rule, in its words.
+Nothing computes on an argument before its checks pass.
 
 upsample and colorize build their context as the numpy path does: the luma of a colour image
 with the codec's arithmetic, and Pillow's Lanczos resize reproduced in the graph pixel for pixel
@@ -317,8 +330,65 @@ def _top_p(top_p):
     return _after(p, _require((p > 0) & (p <= 1), "top_p: must be in (0, 1], got {}", p))
 
 
-def _sample_arguments(num_samples, label, temperature, top_p, seed, *, num_classes, max_samples):
-    """The sample signature's arguments, checked (in the signature's order)."""
+def _label(label, *, num_classes, null_label_trained=True):
+    """The label argument, checked: in [-1, num_classes) (-1 alone for an unconditional model),
+    and not -1 for a class-conditional model whose null label was not trained."""
+    label = _scalar(label, "label")
+    if not num_classes:
+        what = "label: the model is unconditional; pass -1, got {}"
+        return _after(label, _require(tf.equal(label, -1), what, label))
+    checks = [
+        _require(
+            (label >= -1) & (label < num_classes),
+            f"label: out of range [-1, {num_classes}) (-1: no class), got {{}}",
+            label,
+        )
+    ]
+    if not null_label_trained:
+        checks.append(
+            _require(
+                tf.not_equal(label, -1),
+                f"label: {sampling.NULL_LABEL_UNTRAINED}; pass a class in [0, {num_classes}), "
+                "got {}",
+                label,
+            )
+        )
+    return _after(label, *checks)
+
+
+def _guidance(guidance, *, num_classes, null_label_trained=True):
+    """The guidance argument, checked: finite and >= 0; exactly 1 (no guidance) for an
+    unconditional model or one whose null label was not trained."""
+    g = _scalar(guidance, "guidance")
+    checks = [
+        _require(tf.math.is_finite(g) & (g >= 0), "guidance: must be finite and >= 0, got {}", g)
+    ]
+    if not num_classes:
+        checks.append(
+            _require(
+                tf.equal(g, 1.0),
+                "guidance: the model is unconditional; pass 1 (no guidance), got {}",
+                g,
+            )
+        )
+    elif not null_label_trained:
+        checks.append(
+            _require(
+                tf.equal(g, 1.0),
+                f"guidance: guidance needs the null label, but {sampling.NULL_LABEL_UNTRAINED}; "
+                "pass 1 (no guidance), got {}",
+                g,
+            )
+        )
+    return _after(g, *checks)
+
+
+def _sample_arguments(
+    num_samples, label, temperature, top_p, seed, *, num_classes, max_samples,
+    null_label_trained=True,
+):  # fmt: skip
+    """The sample signature's arguments but guidance (`_guidance`), checked (in the signature's
+    order)."""
     n = _scalar(num_samples, "num_samples")
     n = _after(
         n,
@@ -329,14 +399,7 @@ def _sample_arguments(num_samples, label, temperature, top_p, seed, *, num_class
             n,
         ),
     )
-    label = _scalar(label, "label")
-    if num_classes:
-        in_range = (label >= -1) & (label < num_classes)
-        what = f"label: out of range [-1, {num_classes}) (-1: no class), got {{}}"
-    else:
-        in_range = tf.equal(label, -1)
-        what = "label: the model is unconditional; pass -1, got {}"
-    label = _after(label, _require(in_range, what, label))
+    label = _label(label, num_classes=num_classes, null_label_trained=null_label_trained)
     return n, label, _temperature(temperature), _top_p(top_p), _scalar(seed, "seed")
 
 
@@ -481,12 +544,21 @@ class DCTransformerModule(tf.Module):
         target_part: str = "all",
         max_num_samples: int = DEFAULT_MAX_SAMPLES,
         max_chunks: int | None = None,
+        *,
+        label_names: list[str] | None = None,
+        null_label_trained: bool = True,
     ):
         super().__init__(name="dctransformer")
         self.model = model
         self._config = model_config
         self._cfg = model_config.dct
-        self._sampler = sampling.Sampler(model, model_config)
+        self._null_label_trained = bool(null_label_trained)
+        # Only a class-conditional model with a trained null label gets the guided chunk in its
+        # graph; every other model takes guidance 1 alone (checked), and runs the plain chunk.
+        self._guided = bool(model_config.num_classes) and self._null_label_trained
+        self._sampler = sampling.Sampler(
+            model, model_config, null_label_trained=null_label_trained, label_names=label_names
+        )
         self._max_samples = int(max_num_samples)
         self._max_chunks = int(max_chunks or sampling.default_max_chunks(model_config))
         self._capacity = sampling.max_length(self._cfg) + 1
@@ -498,6 +570,8 @@ class DCTransformerModule(tf.Module):
                     "target_part": target_part,
                     "max_num_samples": self._max_samples,
                     "max_chunks": self._max_chunks,
+                    "label_names": None if label_names is None else list(label_names),
+                    "null_label_trained": self._null_label_trained,
                 }
             ),
             trainable=False,
@@ -526,11 +600,26 @@ class DCTransformerModule(tf.Module):
             out[name] = tf.where(valid, state[name][:, :longest], 0)
         return out
 
-    def _run(self, state, seed, temperature, top_p):
+    def _label(self, label):
+        return _label(
+            label,
+            num_classes=self._config.num_classes,
+            null_label_trained=self._null_label_trained,
+        )
+
+    def _guidance(self, guidance):
+        return _guidance(
+            guidance,
+            num_classes=self._config.num_classes,
+            null_label_trained=self._null_label_trained,
+        )
+
+    def _run(self, state, seed, temperature, top_p, guidance):
         seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
         return self._sampler.sample_graph(
-            state, self._max_chunks, seed, temperature, top_p, tf.constant(0)
-        )
+            state, self._max_chunks, seed, temperature, top_p, tf.constant(0),
+            guidance if self._guided else None,
+        )  # fmt: skip
 
     # ---- Signatures.
 
@@ -541,9 +630,10 @@ class DCTransformerModule(tf.Module):
             tf.TensorSpec(None, tf.float32, name="temperature"),
             tf.TensorSpec(None, tf.float32, name="top_p"),
             tf.TensorSpec(None, tf.int64, name="seed"),
+            tf.TensorSpec(None, tf.float32, name="guidance"),
         ]
     )
-    def sample(self, num_samples, label, temperature, top_p, seed):
+    def sample(self, num_samples, label, temperature, top_p, seed, guidance=1.0):
         n, label, temperature, top_p, seed = _sample_arguments(
             num_samples,
             label,
@@ -552,11 +642,13 @@ class DCTransformerModule(tf.Module):
             seed,
             num_classes=self._config.num_classes,
             max_samples=self._max_samples,
+            null_label_trained=self._null_label_trained,
         )
+        guidance = self._guidance(guidance)
         state = self._sampler.initial_state(n, self._capacity, label=tf.fill([n], label))
-        return self._finish(self._run(state, seed, temperature, top_p))
+        return self._finish(self._run(state, seed, temperature, top_p, guidance))
 
-    def _single(self, context, base, seed, height, width):
+    def _single(self, context, base, seed, height, width, label, guidance):
         c, p, v = context
         length = tf.shape(c)[0]
         state = self._sampler.initial_state(
@@ -565,23 +657,26 @@ class DCTransformerModule(tf.Module):
             context=(c[None], p[None], v[None], length[None]),
             base=None if base is None else length[None],
             min_rank=None if base is None else self._cfg.channels_per_plane,
+            label=label[None],
         )
-        state = self._run(state, seed, tf.constant(1.0), tf.constant(1.0))
+        state = self._run(state, seed, tf.constant(1.0), tf.constant(1.0), guidance)
         out = self._finish(state, height[None], width[None])
         out["context_length"] = length
         return out
 
-    def upsample(self, image, seed):
+    def upsample(self, image, seed, label=-1, guidance=1.0):
         image = _image_argument(image, (3,), MAX_IMAGE_SIDE)
         seed = _scalar(seed, "seed")
+        label, guidance = self._label(label), self._guidance(guidance)
         context, h, w = upsampling_context_tf(image, self._cfg)
-        return self._single(context, None, seed, h, w)
+        return self._single(context, None, seed, h, w, label, guidance)
 
-    def colorize(self, image, seed):
+    def colorize(self, image, seed, label=-1, guidance=1.0):
         image = _image_argument(image, (1, 3), MAX_IMAGE_SIDE)
         seed = _scalar(seed, "seed")
+        label, guidance = self._label(label), self._guidance(guidance)
         context, h, w = colorization_context_tf(image, self._cfg)
-        return self._single(context, True, seed, h, w)
+        return self._single(context, True, seed, h, w, label, guidance)
 
     @tf.function(
         input_signature=[
@@ -590,13 +685,15 @@ class DCTransformerModule(tf.Module):
             tf.TensorSpec(None, tf.int32, name="values"),
             tf.TensorSpec(None, tf.int32, name="height"),
             tf.TensorSpec(None, tf.int32, name="width"),
+            tf.TensorSpec(None, tf.int32, name="label"),
         ]
     )
-    def log_prob(self, channels, positions, values, height, width):
+    def log_prob(self, channels, positions, values, height, width, label=-1):
         cfg, config = self._cfg, self._config
         channels, positions, values, height, width = _log_prob_arguments(
             channels, positions, values, height, width, cfg=cfg, capacity=self._capacity
         )
+        label = self._label(label)
         stop = tf.constant([cfg.stop_token], tf.int32)
         zero = tf.zeros([1], tf.int32)
         seq = {
@@ -605,7 +702,7 @@ class DCTransformerModule(tf.Module):
             "values": tf.concat([values, zero], 0),
             "height": height,
             "width": width,
-            "label": tf.constant(-1),
+            "label": label,
             "sequence_index": tf.constant(0),
         }
         length = tf.size(seq["channels"])
@@ -796,6 +893,8 @@ def export(
     max_chunks: int | None = None,
     model_dir: str | None = None,
     step: int | None = None,
+    label_names: list[str] | None = None,
+    null_label_trained: bool = True,
 ) -> list[str]:
     """Writes the SavedModel to `out`; returns the signature names.
 
@@ -811,26 +910,39 @@ def export(
       max_chunks: the chunk limit per sample (None: enough for the longest sequence).
       model_dir, step: the run and checkpoint step exported (recorded in EXPORT_FILE; out may
         not be or hold model_dir).
+      label_names: the class names (recorded in config_json).
+      null_label_trained: whether the model's null label (-1) was trained
+        (`sampling.null_label_trained` of the run's config.json); False: the signatures refuse
+        label -1 of a class-conditional model, and guidance other than 1.
 
     Raises:
       InputError: `out` is refused (see check_out).
     """
     check_out(out, model_dir)
     module = DCTransformerModule(
-        model, model_config, target_part, max_num_samples=max_num_samples, max_chunks=max_chunks
+        model,
+        model_config,
+        target_part,
+        max_num_samples=max_num_samples,
+        max_chunks=max_chunks,
+        label_names=label_names,
+        null_label_trained=null_label_trained,
     )
     # Any shape: the signature checks the rank itself and names the argument (see above).
     image = tf.TensorSpec(None, tf.uint8, name="image")
     seed = tf.TensorSpec(None, tf.int64, name="seed")
+    label = tf.TensorSpec(None, tf.int32, name="label")
+    guidance = tf.TensorSpec(None, tf.float32, name="guidance")
+    task_specs = [image, seed, label, guidance]
     signatures = {
         "sample": module.sample.get_concrete_function(),
         "log_prob": module.log_prob.get_concrete_function(),
     }
     if model_config.dct.ordering == "interleaved":
-        module.upsample_fn = tf.function(module.upsample, input_signature=[image, seed])
+        module.upsample_fn = tf.function(module.upsample, input_signature=task_specs)
         signatures["upsample"] = module.upsample_fn.get_concrete_function()
     if model_config.dct.ordering == "luma_first":
-        module.colorize_fn = tf.function(module.colorize, input_signature=[image, seed])
+        module.colorize_fn = tf.function(module.colorize, input_signature=task_specs)
         signatures["colorize"] = module.colorize_fn.get_concrete_function()
     names = sorted(signatures)
     description = {
@@ -874,6 +986,11 @@ def export_run(
     run = run_dir.load_run(
         model_dir, checkpoint=checkpoint, mixed_precision=False, log=log or (lambda _: None)
     )
+    raw = sampling.read_run_json(model_dir)
+    try:
+        label_names = sampling.run_label_names(raw)
+    except InputError as e:
+        raise InputError(f"{os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)}: {e}") from None
     names = export(
         run.model,
         run.model_config,
@@ -883,5 +1000,7 @@ def export_run(
         max_chunks=max_chunks,
         model_dir=model_dir,
         step=run.step,
+        label_names=label_names,
+        null_label_trained=sampling.null_label_trained(raw),
     )
     return {"saved_model": out, "step": run.step, "signatures": names}

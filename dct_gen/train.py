@@ -98,6 +98,13 @@ flags.DEFINE_integer(
     "Chunk limit of the TensorBoard samples (default: none).",
     flag_values=FLAGS,
 )
+flags.DEFINE_float(
+    "sample_guidance",
+    1.0,
+    "Classifier-free guidance scale of the TensorBoard samples of a class-conditional model "
+    "(1: none; needs train_config.label_dropout > 0).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
     "checkpoint_every", 1000, "Save a checkpoint every N steps.", flag_values=FLAGS
 )
@@ -178,6 +185,22 @@ def _binding_errors():
         raise InputError(str(e).strip().splitlines()[0]) from None
 
 
+def _check_sample_guidance(model_config, train_config) -> None:
+    """Raises UsageError naming --sample_guidance unless the model can be sampled with it."""
+    from dct_gen import sampling
+
+    value = FLAGS.sample_guidance
+    if value == 1.0:
+        return
+    try:
+        with _binding_errors():
+            trained = bool(train_config.with_label_dropout(model_config.num_classes).label_dropout)
+        sampling.check_guidance(value, model_config.num_classes, trained)
+    except UsageError as e:
+        reason = str(e).split(": ", 1)[-1]
+        raise UsageError(f"--sample_guidance={value}: {reason}") from None
+
+
 def _main(args: list[str]) -> int:
     cli.no_positional(args)
     cli.require(FLAGS, "gin_file")
@@ -202,6 +225,7 @@ def _main(args: list[str]) -> int:
     with _binding_errors():
         model_config = configs.model_config(dct=dct, classes=classes)
         train_config = configs.train_config()
+    _check_sample_guidance(model_config, train_config)
     try:
         result = training.train(
             model_config=model_config,
@@ -217,6 +241,7 @@ def _main(args: list[str]) -> int:
             sample_every=FLAGS.sample_every,
             num_samples=FLAGS.num_tb_samples,
             sample_max_chunks=FLAGS.sample_max_chunks,
+            sample_guidance=FLAGS.sample_guidance,
             eval_batches=FLAGS.eval_batches,
             log_every=FLAGS.log_every,
             checkpoint_every=FLAGS.checkpoint_every,

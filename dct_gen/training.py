@@ -1038,6 +1038,7 @@ def train(
     sample_every: int = 0,
     num_samples: int = 4,
     sample_max_chunks: int | None = None,
+    sample_guidance: float = 1.0,
     operative_config: str | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -1076,6 +1077,8 @@ def train(
         0: never. Runs with target_part 'chroma' (colorization) do not sample
         unconditionally and log none.
       sample_max_chunks: the chunk limit of those samples (None: none).
+      sample_guidance: the classifier-free guidance scale of those samples (1: none; other
+        values need a class-conditional model with label_dropout > 0), in their captions.
       operative_config: text written to model_dir/operative_config.gin (the gin configuration
         the run was started with, for people) once the run directory has accepted the configs;
         None: nothing is written.
@@ -1126,6 +1129,12 @@ def train(
             )
     train_config = train_config.with_label_dropout(model_config.num_classes)
     names = list(classes.label_names) if model_config.num_classes else None
+    if sample_guidance != 1.0:
+        from dct_gen import sampling
+
+        sampling.check_guidance(
+            sample_guidance, model_config.num_classes, bool(train_config.label_dropout)
+        )
     if dct_config is not None and model_config.dct != dct_config:
         raise InputError(f"model_config.dct {model_config.dct} != dct_config {dct_config}")
     configs.check_dct_config(model_config.dct, from_info, where=info_path, source="")
@@ -1433,12 +1442,19 @@ def train(
 
             start = time.perf_counter()
             if not samplers:
-                samplers.append(sampling.Sampler(model, model_config))
+                samplers.append(
+                    sampling.Sampler(
+                        model,
+                        model_config,
+                        null_label_trained=bool(train_config.label_dropout),
+                        label_names=names,
+                    )
+                )
             max_chunks = sample_max_chunks or sampling.default_max_chunks(model_config)
             labels = None
             if model_config.num_classes:
                 labels = np.arange(num_samples) % model_config.num_classes
-            options = sampling.SampleOptions(max_chunks=max_chunks)
+            options = sampling.SampleOptions(max_chunks=max_chunks, guidance=sample_guidance)
             samples = sampling.sample_batches(
                 samplers[0],
                 num_samples,
@@ -1460,6 +1476,7 @@ def train(
                     temperature=options.temperature,
                     top_p=options.top_p,
                     top_k=options.top_k,
+                    guidance=None if sample_guidance == 1.0 else sample_guidance,
                     step=at_step,
                     triples=len(sequence),
                     finished=bool(samples.finished[i]),

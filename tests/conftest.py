@@ -191,7 +191,8 @@ def trained_run(test_data_dir, tmp_path_factory) -> TrainedRun:
 def conditional_run(labelled_data_dir, tmp_path_factory) -> TrainedRun:
     """The test config trained for 8 steps on labelled_data_dir through the command line's
     path (gin leaves num_classes unset, so the dataset's three classes make it conditional;
-    label_dropout takes its default): a checkpoint and TensorBoard samples at step 8.
+    label_dropout takes its default): a checkpoint and TensorBoard samples at step 8, drawn
+    with classifier-free guidance 2.
 
     Shared: tests must not write into its directory (copy it first)."""
     import gin
@@ -221,6 +222,7 @@ def conditional_run(labelled_data_dir, tmp_path_factory) -> TrainedRun:
         sample_every=8,
         num_samples=3,
         sample_max_chunks=1,
+        sample_guidance=2.0,
         peak_flops=1e11,
         log=lines.append,
     )

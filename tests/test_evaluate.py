@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from dct_gen import evaluate, evaluation, metrics, photos, run_dir
 from dct_gen import representation as rep
-from dct_gen.errors import InputError
+from dct_gen.errors import InputError, UsageError
 
 COMPONENTS = ("channel", "position", "value")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +125,7 @@ def test_load_names_what_is_missing(trained_run, test_configs, tmp_path):
     assert (dct_config, model_config, train_config) == (
         configs["dct_config"],
         configs["model_config"],
-        configs["train_config"],
+        configs["train_config"].with_label_dropout(None),  # settled when the run started
     )
     assert run.step == 30 and model.count_params() > 0
     older = run_dir.load_run(trained_run.model_dir, checkpoint=20, log=lambda _: None)
@@ -163,6 +163,9 @@ def test_sample_metrics_end_to_end_with_a_stand_in_network(run_copy, test_data_d
     assert got["fid"] > 0 and got["sfid"] > 0
     assert 0 <= got["precision"] <= 1 and 0 <= got["recall"] <= 1
     assert "likelihood" not in result and got["extractor"] == "test-convnet"
+    assert got["feature_network"] == "test-convnet (not comparable with published FIDs)"
+    assert got["inception_graph"] is None and got["inception_graph_md5"] is None
+    assert any("[features: test-convnet (not comparable with published FIDs)]" in x for x in lines)
     with open(out) as f:
         assert json.load(f) == json.loads(json.dumps(result))
     cache = os.path.join(run_copy, evaluation.SUMMARY_DIR, "reference_train_8.npz")
@@ -246,6 +249,98 @@ def test_bad_flags_and_bad_input_are_one_line_each(run_copy, test_data_dir, tmp_
     status, err = _main(capsys, *args, "--generate", f"--inception_weights={weights}")
     assert status == 1 and f"--inception_weights {weights} does not exist" in err
     assert not os.path.exists(os.path.join(run_copy, evaluation.SUMMARY_DIR, "generated"))
+
+
+def _stand_in_graph(path):
+    """A GraphDef with the tensor names of the 2015 Inception graph: ExpandDims (the input, a
+    placeholder here), pool_3 (n, 1, 1, 3): the mean colour of the image resized to 2 x 2, and
+    mixed_6/conv (n, 2, 2, 9): that image three times over (the real one is 17 x 17 x 192; a
+    small grid keeps sFID's covariances small)."""
+    g = tf.Graph()
+    with g.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [1, None, None, 3], name="ExpandDims")
+        small = tf.raw_ops.ResizeBilinear(images=images, size=tf.constant([2, 2]), name="r")
+        tf.raw_ops.Mean(input=small, axis=tf.constant([1, 2]), keep_dims=True, name="pool_3")
+        tf.raw_ops.ConcatV2(values=[small] * 3, axis=tf.constant(3), name="mixed_6/conv")
+    with open(path, "wb") as f:
+        f.write(g.as_graph_def().SerializeToString())
+    return str(path)
+
+
+def _text_summaries(directory):
+    texts = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                a = tf.make_ndarray(value.tensor)
+                if a.dtype.kind in "SO":
+                    texts[value.tag] = (event.step, a.item().decode())
+    return texts
+
+
+def _graph_flag_case(test_configs, test_data_dir, tmp_path):
+    model_dir = _random_run(tmp_path / "run", test_configs, checkpoint=False)
+    graph = _stand_in_graph(tmp_path / "classify_image_graph_def.pb")
+    samples = str(tmp_path / "samples")
+    photos.write_crops(samples, 4, seed=6, sides=(24, 40))
+    out = str(tmp_path / "evaluation.json")
+    args = [f"--model_dir={model_dir}", f"--samples_dir={samples}", "--num_samples=4"]
+    args += [f"--reference_data_dir={test_data_dir}", f"--out={out}", "--quiet"]
+    return model_dir, graph, samples, out, args
+
+
+def test_bad_inception_graph_flags_are_one_line_before_anything_runs(
+    test_configs, test_data_dir, tmp_path, capsys
+):
+    model_dir, graph, samples, _, args = _graph_flag_case(test_configs, test_data_dir, tmp_path)
+    missing = str(tmp_path / "nowhere.pb")
+    status, err = _main(capsys, *args, f"--inception_graph={missing}")
+    assert status == 1 and f"--inception_graph={missing}: no such file" in err
+    assert "inception-2015-12-05.tgz" in err
+    not_a_graph = os.path.join(samples, os.listdir(samples)[0])  # a PNG
+    status, err = _main(capsys, *args, "--generate", f"--inception_graph={not_a_graph}")
+    assert status == 1 and f"--inception_graph={not_a_graph}: not a TensorFlow GraphDef" in err
+    assert not os.path.exists(os.path.join(model_dir, evaluation.SUMMARY_DIR, "generated"))
+    status, err = _main(capsys, *args, f"--inception_graph={graph}", "--inception_weights=w.h5")
+    assert status == 2 and "not both" in err
+
+
+@pytest.mark.slow
+def test_inception_graph_flag_feeds_the_graph_and_labels_every_report(
+    test_configs, test_data_dir, tmp_path, capsys
+):
+    """--inception_graph: the sample metrics come from the graph (the figures equal those of
+    its features computed directly), and the JSON, the printed line and TensorBoard say so,
+    with the file's md5."""
+    import hashlib
+
+    model_dir, graph, samples, out, args = _graph_flag_case(test_configs, test_data_dir, tmp_path)
+    with open(graph, "rb") as f:
+        md5 = hashlib.md5(f.read()).hexdigest()
+    assert evaluate.main([*args, f"--inception_graph={graph}"]) == 0
+    printed = capsys.readouterr().out
+    with open(out) as f:
+        got = json.load(f)["samples"]
+    assert got["feature_network"] == "inception_2015_12_05_graph"
+    assert (got["inception_graph"], got["inception_graph_md5"]) == (graph, md5)
+    assert got["extractor"] == f"inception_2015_12_05_graph:md5={md5}"
+    assert f"[features: inception_2015_12_05_graph, md5 {md5}]" in printed
+    texts = _text_summaries(os.path.join(model_dir, evaluation.SUMMARY_DIR, "samples"))
+    assert texts == {"feature_network": (0, f"inception_2015_12_05_graph, md5 {md5}")}
+
+    # Both sides went through the graph: the cached reference statistics (3 pool features, not
+    # Keras' 2048) and the samples' features computed here give the reported figures.
+    stored, reference = metrics.load_statistics(got["reference_cache"])
+    assert stored["extractor"] == got["extractor"] and reference.pool.shape == (4, 3)
+    extractor = metrics.inception_graph(graph)
+    files = metrics.image_files(samples)
+    sampled = metrics.Statistics.from_features(
+        metrics.extract_features(metrics.read_images(files), extractor, log=None)
+    )
+    assert sampled.spatial_moments.mean.shape == (2 * 2 * 7,)
+    fid = metrics.frechet_distance(sampled.pool_moments, reference.pool_moments)
+    sfid = metrics.frechet_distance(sampled.spatial_moments, reference.spatial_moments)
+    assert (got["fid"], got["sfid"]) == (pytest.approx(fid), pytest.approx(sfid))
 
 
 def test_generated_samples_feed_the_sample_metrics(run_copy, test_data_dir, tmp_path):
@@ -557,3 +652,66 @@ def test_score_sequences_refuses_a_sequence_the_codec_cannot_write():
     with pytest.raises(InputError) as e:
         evaluation.score_sequences(run, [good, bad])
     assert str(e.value) == f"sequence 1: {want.value}"
+
+
+# --images --label: a class-conditional model scores every image given a class.
+
+
+def _conditional_random_run(model_dir, test_configs, label_dropout):
+    model_dir = _random_run(
+        model_dir,
+        test_configs,
+        "model_config.num_classes = 3",
+        f"train_config.label_dropout = {label_dropout}",
+    )
+    path = os.path.join(model_dir, run_dir.RUN_CONFIG_FILE)
+    with open(path) as f:
+        raw = json.load(f)
+    raw["label_names"] = ["sky", "sea", "sand"]
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    return model_dir
+
+
+def test_images_are_scored_given_a_label_by_name_or_index(test_configs, tmp_path, capsys):
+    model_dir = _conditional_random_run(tmp_path / "run", test_configs, 0.1)
+    folder = _photo_dir(tmp_path / "photos", names=("chelsea.png",), junk=False)
+    sections = {}
+    for label in (None, "sea", "2"):
+        out = tmp_path / f"{label}.json"
+        extra = [] if label is None else [f"--label={label}"]
+        args = [f"--model_dir={model_dir}", f"--images={folder}", f"--out={out}", "--quiet"]
+        status, err = _main(capsys, *args, *extra)
+        assert status == 0, err
+        with open(out) as f:
+            sections[label] = json.load(f)["images"]
+    assert [sections[k]["label"] for k in (None, "sea", "2")] == [-1, 1, 2]
+    bits = {k: v["bits_per_subpixel"] for k, v in sections.items()}
+    assert len(set(bits.values())) == 3, bits  # each class (and none) gives other bits
+    # The library path, one label per sequence, agrees with the command's.
+    run = run_dir.load_run(model_dir, log=lambda _: None)
+    encoded, _, _ = evaluation.encode_images(folder, run.model_config.dct, log=None)
+    seqs = [e["sequence"] for e in encoded] * 2
+    nats = [s["nats"] for s in evaluation.score_sequences(run, seqs, labels=[1, 2])]
+    subpixels = rep.num_subpixels(seqs[0].height, seqs[0].width)
+    assert nats[0] / subpixels / np.log(2) == pytest.approx(bits["sea"], rel=1e-5)
+    assert nats[1] / subpixels / np.log(2) == pytest.approx(bits["2"], rel=1e-5)
+
+
+def test_bad_labels_for_images_are_named(test_configs, tmp_path, capsys):
+    trained = _conditional_random_run(tmp_path / "trained", test_configs, 0.1)
+    untrained = _conditional_random_run(tmp_path / "untrained", test_configs, 0)
+    folder = _photo_dir(tmp_path / "photos", names=("chelsea.png",), junk=False)
+    status, err = _main(capsys, f"--model_dir={trained}", f"--images={folder}", "--label=cat")
+    assert (
+        status == 2 and err.startswith("dct_gen.evaluate: error: --label=cat: ") and "sand" in err
+    )
+    status, err = _main(capsys, f"--model_dir={trained}", f"--data_dir={tmp_path}", "--label=1")
+    assert status == 2 and "--label applies to --images only" in err
+    status, err = _main(capsys, f"--model_dir={untrained}", f"--images={folder}")
+    assert status == 2 and "--label is not given: " in err and "label_dropout = 0" in err
+    assert "0..2: sky, sea, sand" in err
+    run = run_dir.load_run(untrained, log=lambda _: None)
+    encoded, _, _ = evaluation.encode_images(folder, run.model_config.dct, log=None)
+    with pytest.raises(UsageError, match="label=-1: "):
+        evaluation.score_sequences(run, [encoded[0]["sequence"]])

@@ -22,7 +22,7 @@ from PIL import Image
 from dct_gen import dct_ops, evaluation, export, records, run_dir, sampling, saved_model
 from dct_gen import model as model_lib
 from dct_gen import representation as rep
-from dct_gen.errors import InputError
+from dct_gen.errors import InputError, UsageError
 
 # Each export traces the sampling loop into a graph, about a minute: the tests of an export are
 # marked slow (`make test-slow`).
@@ -90,10 +90,10 @@ FRESH = textwrap.dedent(
     out = {"signatures": sorted(m.signatures.keys())}
     s = m.signatures["sample"](
         num_samples=tf.constant(2), label=tf.constant(-1), temperature=tf.constant(1.0),
-        top_p=tf.constant(1.0), seed=tf.constant(3, tf.int64))
+        top_p=tf.constant(1.0), seed=tf.constant(3, tf.int64), guidance=tf.constant(1.0))
     again = m.signatures["sample"](
         num_samples=tf.constant(2), label=tf.constant(-1), temperature=tf.constant(1.0),
-        top_p=tf.constant(1.0), seed=tf.constant(3, tf.int64))
+        top_p=tf.constant(1.0), seed=tf.constant(3, tf.int64), guidance=tf.constant(1.0))
     out["sample_shapes"] = {k: v.shape.as_list() for k, v in s.items()}
     out["lengths"] = s["lengths"].numpy().tolist()
     out["same_seed_same_images"] = bool(np.array_equal(s["images"], again["images"]))
@@ -101,10 +101,11 @@ FRESH = textwrap.dedent(
     lp = m.signatures["log_prob"](
         channels=tf.constant(seq["channels"]), positions=tf.constant(seq["positions"]),
         values=tf.constant(seq["values"]), height=tf.constant(int(seq["height"])),
-        width=tf.constant(int(seq["width"])))
+        width=tf.constant(int(seq["width"])), label=tf.constant(-1))
     out["log_prob"] = {k: float(v) for k, v in lp.items()}
     img = np.asarray(np.random.default_rng(0).integers(0, 256, (3, 4, 3)), np.uint8)
-    up = m.signatures["upsample"](image=tf.constant(img), seed=tf.constant(1, tf.int64))
+    up = m.signatures["upsample"](image=tf.constant(img), seed=tf.constant(1, tf.int64),
+                                  label=tf.constant(-1), guidance=tf.constant(1.0))
     n = int(up["context_length"])
     out["upsample"] = {"context_length": n, "length": int(up["lengths"][0]),
                        "height": int(up["heights"][0]), "width": int(up["widths"][0])}
@@ -115,15 +116,22 @@ FRESH = textwrap.dedent(
         "label": ("sample", dict(num_samples=tf.constant(1), label=tf.constant(7))),
         "image": ("upsample", dict(image=tf.zeros([4, 4, 2], tf.uint8))),
         "positions": ("log_prob", dict(positions=tf.constant(seq["positions"][:-1]))),
+        "guidance": ("sample", dict(num_samples=tf.constant(1), label=tf.constant(-1),
+                                    guidance=tf.constant(2.0))),
+        "log_prob_label": ("log_prob", dict(positions=tf.constant(seq["positions"]),
+                                            label=tf.constant(0))),
     }
     for name, (sig, kwargs) in bad.items():
         args = dict(temperature=tf.constant(1.0), top_p=tf.constant(1.0)) if sig == "sample" else {}
         if sig == "log_prob":
             args = dict(channels=tf.constant(seq["channels"]), values=tf.constant(seq["values"]),
                         height=tf.constant(int(seq["height"])),
-                        width=tf.constant(int(seq["width"])))
+                        width=tf.constant(int(seq["width"])), label=tf.constant(-1))
         else:
             args["seed"] = tf.constant(0, tf.int64)
+            args["guidance"] = tf.constant(1.0)
+            if sig == "upsample":
+                args["label"] = tf.constant(-1)
         args.update(kwargs)
         try:
             m.signatures[sig](**args)
@@ -131,6 +139,10 @@ FRESH = textwrap.dedent(
         except tf.errors.InvalidArgumentError as e:
             errors[name] = e.message
     out["errors"] = errors
+    # The functions on the loaded object default the newer arguments (label -1, guidance 1).
+    short = m.sample(tf.constant(2), tf.constant(-1), tf.constant(1.0), tf.constant(1.0),
+                     tf.constant(3, tf.int64))
+    out["defaults_as_before"] = bool(np.array_equal(short["images"], s["images"]))
     out["dct_gen_imported"] = any(k.startswith("dct_gen") for k in sys.modules)
     print(json.dumps(out))
     """
@@ -176,6 +188,9 @@ def test_saved_model_in_a_fresh_process(exported, trained_run, test_configs, tmp
     assert "label:" in errors["label"]
     assert "image:" in errors["image"]
     assert "positions:" in errors["positions"]
+    assert "guidance: the model is unconditional; pass 1 (no guidance), got 2" in errors["guidance"]
+    assert "label: the model is unconditional; pass -1, got 0" in errors["log_prob_label"]
+    assert out["defaults_as_before"]
 
     # The sampling library reads the SavedModel too.
     source = sampling.SavedModelSource(saved)
@@ -192,6 +207,10 @@ def _graph_context(cfg, channels):
         ),
         input_signature=spec,
     )
+
+
+# The arguments of upsample and colorize but the image: seed 0, no label, no guidance.
+TASK_ARGS = dict(seed=tf.constant(0, tf.int64), label=tf.constant(-1), guidance=tf.constant(1.0))
 
 
 def _context(out):
@@ -237,7 +256,7 @@ def test_upsample_of_a_30x45_photo_builds_the_numpy_context(exported, color_phot
     loaded = tf.saved_model.load(exported[0])
     cfg = test_configs()["dct_config"]
     photo = color_photos["chelsea.png"][100:130, 200:245]
-    out = loaded.signatures["upsample"](image=tf.constant(photo), seed=tf.constant(0, tf.int64))
+    out = loaded.signatures["upsample"](image=tf.constant(photo), **TASK_ARGS)
     context, low = sampling.upsampling_context(photo, cfg)
     assert (int(out["heights"][0]), int(out["widths"][0])) == (24, 32)
     assert (context.height, context.width) == (24, 32)
@@ -271,7 +290,7 @@ def test_colorize_context_equals_the_numpy_path(tmp_path, color_photos, gray_pho
         "a grey photo, one channel": gray_photo[:, :, None],
     }
     for what, image in inputs.items():
-        out = loaded.signatures["colorize"](image=tf.constant(image), seed=tf.constant(0, tf.int64))
+        out = loaded.signatures["colorize"](image=tf.constant(image), **TASK_ARGS)
         context, grey = sampling.colorization_context(image, cfg)
         channels, positions, values = _context(out)
         size = (int(out["heights"][0]), int(out["widths"][0]))
@@ -290,9 +309,7 @@ def test_colorize_context_equals_the_numpy_path(tmp_path, color_photos, gray_pho
         drawn = out["channels"][0, len(channels) : length].numpy()
         assert np.all(drawn >= cfg.channels_per_plane), what
     with pytest.raises(tf.errors.InvalidArgumentError, match="image:"):
-        loaded.signatures["colorize"](
-            image=tf.zeros([4, 4, 2], tf.uint8), seed=tf.constant(0, tf.int64)
-        )
+        loaded.signatures["colorize"](image=tf.zeros([4, 4, 2], tf.uint8), **TASK_ARGS)
 
 
 @pytest.mark.slow
@@ -388,9 +405,14 @@ def test_an_earlier_export_is_replaced_and_nothing_beside_it_touched(
 # ----------------------------------------------------------------------------------------------
 # Bad arguments are named: the graph's checks traced on their own (fast), then the SavedModel.
 
-SAMPLE_ARGS = dict(num_samples=2, label=-1, temperature=1.0, top_p=1.0, seed=0)
+SAMPLE_ARGS = dict(num_samples=2, label=-1, temperature=1.0, top_p=1.0, seed=0, guidance=1.0)
 SAMPLE_DTYPES = dict(
-    num_samples=tf.int32, label=tf.int32, temperature=tf.float32, top_p=tf.float32, seed=tf.int64
+    num_samples=tf.int32,
+    label=tf.int32,
+    temperature=tf.float32,
+    top_p=tf.float32,
+    seed=tf.int64,
+    guidance=tf.float32,
 )
 SCALAR_SHAPE = "must be a scalar (shape [])"
 # (argument, bad value, what the message says), each for the sample signature.
@@ -410,6 +432,11 @@ BAD_SAMPLE_ARGS = [
     ("label", 3, "label: the model is unconditional; pass -1, got 3"),
     ("label", [[-1]], f"label: {SCALAR_SHAPE}, got shape [1 1]"),
     ("seed", [1, 2], f"seed: {SCALAR_SHAPE}, got shape [2]"),
+    ("guidance", float("inf"), "guidance: must be finite and >= 0, got inf"),
+    ("guidance", float("nan"), "guidance: must be finite and >= 0, got nan"),
+    ("guidance", -0.5, "guidance: must be finite and >= 0, got -0.5"),
+    ("guidance", 2.0, "guidance: the model is unconditional; pass 1 (no guidance), got 2"),
+    ("guidance", [1.0], f"guidance: {SCALAR_SHAPE}, got shape [1]"),
 ]
 
 
@@ -432,10 +459,11 @@ def graph_checks(test_configs):
     64 pixels a side) and log_prob's (the test config, sequences of at most 5 triples)."""
     cfg = test_configs()["dct_config"]
 
-    def sample(num_samples, label, temperature, top_p, seed):
-        return saved_model._sample_arguments(
+    def sample(num_samples, label, temperature, top_p, seed, guidance):
+        checked = saved_model._sample_arguments(
             num_samples, label, temperature, top_p, seed, num_classes=None, max_samples=4
         )
+        return (*checked, saved_model._guidance(guidance, num_classes=None))
 
     sample = tf.function(sample, input_signature=_any_shape(*SAMPLE_DTYPES.values()))
     images = {
@@ -466,19 +494,20 @@ def _log_prob_args(cfg, **changes):
 
 
 def test_graph_checks_pass_good_arguments_through(graph_checks):
-    n, label, temperature, top_p, seed = _sample_call(
+    n, label, temperature, top_p, seed, guidance = _sample_call(
         graph_checks["sample"], temperature=1e30, top_p=1e-6
     )
-    assert (int(n), int(label), float(temperature), float(top_p), int(seed)) == (
+    assert (int(n), int(label), float(temperature), float(top_p), int(seed), float(guidance)) == (
         2,
         -1,
         np.float32(1e30),
         np.float32(1e-6),
         0,
+        1.0,
     )
     # Each checked argument has its static rank back (what follows in the graph needs it).
     concrete = graph_checks["sample"].get_concrete_function()
-    assert [t.shape.rank for t in concrete.structured_outputs] == [0] * 5
+    assert [t.shape.rank for t in concrete.structured_outputs] == [0] * 6
     image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
     np.testing.assert_array_equal(graph_checks["upsample"](image), image)
     np.testing.assert_array_equal(graph_checks["colorize"](image[:, :, :1]), image[:, :, :1])
@@ -576,15 +605,22 @@ def test_the_saved_model_names_each_bad_argument(loaded, trained_run, test_confi
     for name, value, message in BAD_SAMPLE_ARGS:
         assert message in _failure(_sample_call, sample, **{name: value}), (name, value)
     upsample = loaded.signatures["upsample"]
-    seed = tf.constant(0, tf.int64)
     for shape in [(1, 4, 4, 3), (4, 4)]:
-        got = _failure(upsample, image=tf.zeros(shape, tf.uint8), seed=seed)
+        got = _failure(upsample, image=tf.zeros(shape, tf.uint8), **TASK_ARGS)
         assert "image: must be (height, width, 3) uint8, got shape" in got, shape
-    got = _failure(upsample, image=tf.zeros([4, 4, 3], tf.uint8), seed=tf.constant([0], tf.int64))
-    assert f"seed: {SCALAR_SHAPE}, got shape [1]" in got
+    image = tf.zeros([4, 4, 3], tf.uint8)
+    for name, value, message in [
+        ("seed", tf.constant([0], tf.int64), f"seed: {SCALAR_SHAPE}, got shape [1]"),
+        ("label", tf.constant(1), "label: the model is unconditional; pass -1, got 1"),
+        ("guidance", tf.constant(3.0), "guidance: the model is unconditional; pass 1"),
+        ("guidance", tf.constant(-1.0), "guidance: must be finite and >= 0, got -1"),
+    ]:
+        got = _failure(upsample, image=image, **{**TASK_ARGS, name: value})
+        assert message in got, (name, got)
     cfg = test_configs()["dct_config"]
     log_prob = loaded.signatures["log_prob"]
     args = dict(zip(("channels", "positions", "values", "height", "width"), _log_prob_args(cfg)))
+    args["label"] = tf.constant(-1)
     got = _failure(log_prob, **{**args, "channels": tf.constant([[0, 1]])})
     assert "channels: must be a vector (L,) int32, got shape [1 2]" in got
     got = _failure(log_prob, **{**args, "height": tf.constant([16])})
@@ -593,9 +629,11 @@ def test_the_saved_model_names_each_bad_argument(loaded, trained_run, test_confi
     # to be scored about 1e9 nats).
     for changes, message in IMPOSSIBLE_SEQUENCES:
         values = _log_prob_args(cfg, **{**VALID_SEQUENCE, **changes})
-        got = _failure(log_prob, **dict(zip(VALID_SEQUENCE, values)))
+        got = _failure(log_prob, **dict(zip(VALID_SEQUENCE, values)), label=tf.constant(-1))
         assert message in got, (changes, got)
-    valid = log_prob(**dict(zip(VALID_SEQUENCE, _log_prob_args(cfg, **VALID_SEQUENCE))))
+    valid = log_prob(
+        **dict(zip(VALID_SEQUENCE, _log_prob_args(cfg, **VALID_SEQUENCE))), label=tf.constant(-1)
+    )
     assert 0 < float(valid["nats"]) < 1e4
     # A wrong dtype is refused by TensorFlow before the graph runs; docs/sampling.md lists them.
     with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)):
@@ -611,3 +649,100 @@ def test_a_huge_temperature_keeps_the_structural_rules(loaded, test_configs):
     for i, n in enumerate(out["lengths"].numpy()):
         triples = [out[k][i, :n].numpy() for k in ("channels", "positions", "values")]
         rep.check_triples(*triples, cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class-conditional models: the label and guidance checks, and an export that guides.
+
+
+@pytest.mark.parametrize("null_label_trained", [True, False])
+def test_graph_checks_of_a_class_conditional_label_and_guidance(null_label_trained):
+    """Three classes: labels 0..2 pass, -1 only when the null label was trained; guidance
+    other than 1 only then too; a bad scale is named whatever the model."""
+    kw = dict(num_classes=3, null_label_trained=null_label_trained)
+    label = tf.function(lambda x: saved_model._label(x, **kw), input_signature=_any_shape(tf.int32))
+    guidance = tf.function(
+        lambda x: saved_model._guidance(x, **kw), input_signature=_any_shape(tf.float32)
+    )
+    for good in (0, 2):
+        assert int(label(tf.constant(good))) == good
+    assert float(guidance(tf.constant(1.0))) == 1.0
+    assert "label: out of range [-1, 3) (-1: no class), got 3" in _failure(label, tf.constant(3))
+    assert "label: out of range [-1, 3) (-1: no class), got -2" in _failure(label, tf.constant(-2))
+    for bad, message in [
+        (float("inf"), "guidance: must be finite and >= 0, got inf"),
+        (-1.0, "guidance: must be finite and >= 0, got -1"),
+    ]:
+        assert message in _failure(guidance, tf.constant(bad))
+    if null_label_trained:
+        assert int(label(tf.constant(-1))) == -1
+        for g in (0.0, 2.5):
+            assert float(guidance(tf.constant(g))) == g
+    else:
+        got = _failure(label, tf.constant(-1))
+        assert "label: this model was trained with train_config.label_dropout = 0" in got
+        assert "pass a class in [0, 3), got -1" in got
+        got = _failure(guidance, tf.constant(2.5))
+        assert "guidance: guidance needs the null label" in got and "got 2.5" in got
+        assert "pass 1 (no guidance)" in got
+
+
+@pytest.mark.slow  # an export that traces the plain and the guided chunk: a few minutes
+def test_a_class_conditional_export_guides_and_scores_with_a_label(tmp_path, test_configs):
+    """A three-class model whose null label was trained: guidance 0 with a class draws what no
+    class draws, guided samples follow the structural rules, upsample takes a label and a scale,
+    log_prob scores given a label, and config_json records the names."""
+    configs = test_configs("model_config.num_classes = 3")
+    model_config = configs["model_config"]
+    cfg = model_config.dct
+    model = model_lib.build_model(model_config)
+    saved = str(tmp_path / "conditional")
+    names = ["sky", "sea", "sand"]
+    saved_model.export(model, model_config, saved, max_chunks=3, label_names=names)
+    loaded = tf.saved_model.load(saved)
+    config = json.loads(loaded.config_json.numpy())
+    assert config["label_names"] == names and config["null_label_trained"] is True
+    sample = loaded.signatures["sample"]
+
+    def draw(label, guidance, seed=4):
+        return _sample_call(sample, num_samples=3, label=label, guidance=guidance, seed=seed)
+
+    # Guidance 0 is unconditional: the null half exactly, whatever the label.
+    null = draw(-1, 1.0)
+    for label in (0, 2):
+        unguided_null = draw(label, 0.0)
+        for k in ("channels", "positions", "values", "lengths"):
+            np.testing.assert_array_equal(unguided_null[k], null[k], err_msg=k)
+    # Strong guidance: valid sequences, and not the unguided ones.
+    guided, plain = draw(1, 4.0), draw(1, 1.0)
+    assert not np.array_equal(guided["values"], plain["values"])
+    for out in (guided, plain):
+        for i, n in enumerate(out["lengths"].numpy()):
+            rep.check_triples(
+                *(out[k][i, :n].numpy() for k in ("channels", "positions", "values")), cfg
+            )
+    # Upsampling with a class and a scale keeps its context.
+    image = np.asarray(np.random.default_rng(0).integers(0, 256, (3, 4, 3)), np.uint8)
+    up = loaded.signatures["upsample"](
+        image=tf.constant(image), seed=tf.constant(1, tf.int64), label=tf.constant(2),
+        guidance=tf.constant(2.0),
+    )  # fmt: skip
+    assert int(up["lengths"][0]) >= int(up["context_length"]) > 0
+    # log_prob: given a label, scored as the model scores it with that label (labels change
+    # the figure), and -1 the default of the function on the loaded object.
+    args = dict(zip(VALID_SEQUENCE, _log_prob_args(cfg, **VALID_SEQUENCE)))
+    nats = {
+        label: float(loaded.signatures["log_prob"](**args, label=tf.constant(label))["nats"])
+        for label in (-1, 0, 1)
+    }
+    assert len(set(nats.values())) == 3, nats
+    assert float(loaded.log_prob(*args.values())["nats"]) == nats[-1]
+    # The library reads the names and checks guidance before any call.
+    source = sampling.SavedModelSource(saved)
+    assert source.label_names == names and source.null_label_trained
+    samples = sampling.sample_task(
+        source, num_samples=2, label=1, options=sampling.SampleOptions(guidance=0.0), seed=3
+    )
+    assert samples.labels.tolist() == [1, 1]
+    with pytest.raises(UsageError, match="label=3: out of range"):
+        sampling.sample_task(source, num_samples=1, label=3)

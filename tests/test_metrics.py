@@ -182,6 +182,12 @@ def test_inception_wiring_gives_2048_pool_and_2023_sfid_features():
     keras.utils.set_random_seed(0)
     extractor = metrics.inception_v3(random_weights=True)
     assert extractor.image_size == (299, 299) and extractor.name is None
+    # Reports say what this is: not the graph published FIDs use.
+    assert metrics.feature_network(extractor) == {
+        "feature_network": "keras_inception_v3 (not comparable with published FIDs)",
+        "inception_graph": None,
+        "inception_graph_md5": None,
+    }
     images = _images()
     features = metrics.extract_features(images, extractor, batch_size=2, log=None)
     assert features.pool.shape == (2, 2048) and features.spatial.shape == (2, 17 * 17 * 7)
@@ -305,6 +311,8 @@ def test_images_through_a_stand_in_extractor_to_the_metrics(color_photos):
     reference = _crops(photos, 40, 48, seed=0)
     samples = _crops(photos, 30, 40, seed=1) + [np.zeros((20, 30, 3), np.uint8)] * 5
     extractor = small_extractor()
+    label = metrics.feature_network(extractor)["feature_network"]
+    assert label == "test-convnet (not comparable with published FIDs)"
 
     ref = metrics.image_statistics(reference, extractor, batch_size=16, log=None)
     assert ref.count == 40 and ref.pool.shape == (40, 16)
@@ -400,3 +408,260 @@ def test_cached_statistics_are_reused_and_recomputed_when_the_description_change
         metrics.reference_description(
             small_extractor(name=None), data_dir="/data", split="train", num_images=3
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# The 2015 frozen Inception graph, through a small stand-in GraphDef with its tensor names.
+
+STAND_IN_CHANNELS = 12  # mixed_6/conv's channels in the stand-in (the real graph: 192)
+BN_EPSILON = 0.001
+
+
+def stand_in_weights(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "pool": rng.normal(size=(3, 2048)).astype(np.float32),
+        "spatial": rng.normal(size=(3, STAND_IN_CHANNELS)).astype(np.float32),
+        "mean": rng.normal(size=STAND_IN_CHANNELS).astype(np.float32),
+        "variance": rng.uniform(0.5, 2.0, STAND_IN_CHANNELS).astype(np.float32),
+        "beta": rng.normal(size=STAND_IN_CHANNELS).astype(np.float32),
+        "gamma": rng.uniform(0.5, 2.0, STAND_IN_CHANNELS).astype(np.float32),
+    }
+
+
+def stand_in_graph_def(w):
+    """A GraphDef laid out like classify_image_graph_def.pb, with its node names and op types
+    where it matters, and tiny in between:
+
+    DecodeJpeg/contents -> DecodeJpeg -> Cast -> ExpandDims (1, h, w, 3) -> ResizeBilinear
+    (299 x 299) -> Sub (128) -> Mul (1/128), then
+    - pool_3 (n, 1, 1, 2048): the spatial mean of Mul, times a fixed (3, 2048) matrix;
+    - mixed_6/conv (n, 17, 17, C): Mul resized to 17 x 17, a fixed 1x1 convolution, the
+      deprecated BatchNormWithGlobalNormalization of the 2015 file (so GraphDef producer 8,
+      as an old file has) and a ReLU;
+    - pool_3/_reshape, fixed at batch 1, and a softmax after it, as in the file.
+    Shapes are recorded (`_output_shapes`) with batch 1, as an export of the one-JPEG graph
+    records them."""
+    import tensorflow as tf
+
+    raw = tf.raw_ops
+    g = tf.Graph()
+    with g.as_default():
+        const = lambda value, name: tf.constant(value, name=name)  # noqa: E731
+        contents = tf.compat.v1.placeholder(tf.string, [], name="DecodeJpeg/contents")
+        decoded = raw.DecodeJpeg(contents=contents, channels=3, name="DecodeJpeg")
+        cast = raw.Cast(x=decoded, DstT=tf.float32, name="Cast")
+        expand = raw.ExpandDims(input=cast, axis=const(0, "ExpandDims/dim"), name="ExpandDims")
+        resized = raw.ResizeBilinear(
+            images=expand, size=const([299, 299], "ResizeBilinear/size"), name="ResizeBilinear"
+        )
+        sub = raw.Sub(x=resized, y=const(128.0, "Sub/y"), name="Sub")
+        mul = raw.Mul(x=sub, y=const(1 / 128, "Mul/y"), name="Mul")
+        mean = raw.Mean(input=mul, axis=const([1, 2], "pool_3/axes"), keep_dims=True, name="m")
+        pool_conv = raw.Conv2D(
+            input=mean,
+            filter=const(w["pool"][None, None], "pool_3/weights"),
+            strides=[1, 1, 1, 1],
+            padding="VALID",
+            name="pool_3/conv",
+        )
+        pool = raw.AvgPool(
+            value=pool_conv,
+            ksize=[1, 1, 1, 1],
+            strides=[1, 1, 1, 1],
+            padding="VALID",
+            name="pool_3",
+        )
+        reshaped = raw.Reshape(
+            tensor=pool, shape=const([1, 2048], "pool_3/_reshape/shape"), name="pool_3/_reshape"
+        )
+        raw.Softmax(logits=reshaped, name="softmax")
+        small = raw.ResizeBilinear(
+            images=mul, size=const([17, 17], "mixed_6/size"), name="mixed_6/resize"
+        )
+        conv = raw.Conv2D(
+            input=small,
+            filter=const(w["spatial"][None, None], "mixed_6/conv/conv2d_params"),
+            strides=[1, 1, 1, 1],
+            padding="VALID",
+            name="mixed_6/conv/Conv2D",
+        )
+        for key in ("mean", "variance", "beta", "gamma"):
+            const(w[key], f"mixed_6/conv/{key}")
+        # An Identity now, the old batch norm below: a current graph cannot hold that op.
+        normed = raw.Identity(input=conv, name="mixed_6/conv/batchnorm")
+        raw.Relu(features=normed, name="mixed_6/conv")
+    graph_def = g.as_graph_def(add_shapes=True)
+    node = next(n for n in graph_def.node if n.name == "mixed_6/conv/batchnorm")
+    shapes = node.attr["_output_shapes"]
+    node.Clear()
+    node.name, node.op = "mixed_6/conv/batchnorm", "BatchNormWithGlobalNormalization"
+    node.input.extend(
+        ["mixed_6/conv/Conv2D"]
+        + [f"mixed_6/conv/{k}" for k in ("mean", "variance", "beta", "gamma")]
+    )
+    node.attr["T"].type = tf.float32.as_datatype_enum
+    node.attr["variance_epsilon"].f = BN_EPSILON
+    node.attr["scale_after_normalization"].b = True
+    node.attr["_output_shapes"].CopyFrom(shapes)
+    graph_def.versions.producer = 8  # before the op's removal (version 9)
+    return graph_def
+
+
+def write_stand_in(path, seed=0):
+    """The stand-in graph written to path; returns its weights."""
+    w = stand_in_weights(seed)
+    with open(path, "wb") as f:
+        f.write(stand_in_graph_def(w).SerializeToString())
+    return w
+
+
+def legacy_bilinear(x, height, width):
+    """TF's ResizeBilinear without align_corners or half-pixel centres (the 2015 graph's): the
+    source of output pixel i is i * in / out (scale in float32, as the kernel computes it),
+    interpolated between its floor and the next pixel (clamped to the edge)."""
+
+    def taps(size_in, size_out):
+        source = np.arange(size_out, dtype=np.float32) * (np.float32(size_in) / size_out)
+        low = np.floor(source).astype(int)
+        return low, np.minimum(low + 1, size_in - 1), (source - low).astype(np.float64)
+
+    x = np.asarray(x, np.float64)
+    y0, y1, fy = taps(x.shape[1], height)
+    x0, x1, fx = taps(x.shape[2], width)
+    rows = x[:, y0] + (x[:, y1] - x[:, y0]) * fy[None, :, None, None]
+    return rows[:, :, x0] + (rows[:, :, x1] - rows[:, :, x0]) * fx[None, None, :, None]
+
+
+def stand_in_features(images, w):
+    """The stand-in's pool_3 and whole mixed_6/conv for a batch of one size, in numpy."""
+    x = (legacy_bilinear(np.stack(images), 299, 299) - 128.0) / 128.0
+    pool = x.mean(axis=(1, 2)) @ w["pool"]
+    conv = legacy_bilinear(x, 17, 17) @ w["spatial"]
+    normed = (conv - w["mean"]) / np.sqrt(w["variance"] + BN_EPSILON) * w["gamma"] + w["beta"]
+    return pool, np.maximum(normed, 0.0)
+
+
+def _uint8_images(shapes, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, shape, np.uint8) for shape in shapes]
+
+
+def test_the_graph_gives_pool_3_and_the_first_7_channels_of_mixed_6_conv(tmp_path):
+    """Fed at their own size in [0, 255], batches of 3 and of 1 (the file records batch 1 and
+    fixes pool_3/_reshape at 1), the features equal a numpy computation of the stand-in's ops."""
+    import hashlib
+
+    path = str(tmp_path / metrics.INCEPTION_GRAPH_FILE)
+    w = write_stand_in(path)
+    recorded = next(n for n in stand_in_graph_def(w).node if n.name == "ExpandDims")
+    assert recorded.attr["_output_shapes"].list.shape[0].dim[0].size == 1
+    extractor = metrics.inception_graph(path)
+    with open(path, "rb") as f:
+        md5 = hashlib.md5(f.read()).hexdigest()
+    assert (extractor.md5, extractor.path) == (md5, path)
+    assert extractor.name == f"inception_2015_12_05_graph:md5={md5}"
+    assert extractor.image_size is None and extractor.takes_any_size
+    # The recorded batch of 1 is dropped: shapes follow the batch fed.
+    assert extractor._pool.shape.as_list() == [None, 1, 1, 2048]
+    assert extractor._spatial.shape.as_list() == [None, 17, 17, STAND_IN_CHANNELS]
+
+    images = _uint8_images([(40, 70, 3)] * 3, seed=0)
+    got = extractor(np.stack(images).astype(np.float32))
+    assert got["pool"].shape == (3, 2048)
+    assert got["spatial"].shape == (3, 2023) and 2023 == 17 * 17 * 7
+    pool, conv = stand_in_features(images, w)
+    np.testing.assert_allclose(got["pool"], pool, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["spatial"], conv[..., :7].reshape(3, -1), rtol=1e-4, atol=1e-4)
+    # Another 7 channels would differ: the test tells the first 7 from the rest.
+    assert not np.allclose(got["spatial"], conv[..., 1:8].reshape(3, -1), atol=1e-2)
+
+    one = extractor(np.stack(images[1:2]).astype(np.float32))
+    np.testing.assert_allclose(one["pool"], got["pool"][1:2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one["spatial"], got["spatial"][1:2], rtol=1e-5, atol=1e-5)
+
+    described = metrics.feature_network(extractor)
+    assert described == {
+        "feature_network": "inception_2015_12_05_graph",
+        "inception_graph": path,
+        "inception_graph_md5": md5,
+    }
+
+
+def test_images_of_several_sizes_go_through_the_graph_by_size_in_their_order(tmp_path):
+    """The graph resizes a batch to 299 x 299 itself (bilinear, legacy centres): each size goes
+    in as its own call, unresized, and every image gets the features it gets alone; a 299 x 299
+    image is not resized at all."""
+    path = str(tmp_path / "graph.pb")
+    w = write_stand_in(path, seed=1)
+    extractor = metrics.inception_graph(path)
+    shapes = [(40, 70, 3), (64, 64, 3), (40, 70, 3), (299, 299, 3), (64, 64, 3)]
+    images = _uint8_images(shapes, seed=2)
+    calls = []
+
+    class Spy:
+        image_size, takes_any_size = None, True
+
+        def __call__(self, x):
+            calls.append(x.shape)
+            return extractor(x)
+
+    features = metrics.extract_features(images, Spy(), batch_size=3, log=None)
+    assert calls == [(2, 40, 70, 3), (1, 64, 64, 3), (1, 299, 299, 3), (1, 64, 64, 3)]
+    for i, image in enumerate(images):
+        pool, conv = stand_in_features([image], w)
+        np.testing.assert_allclose(features.pool[i], pool[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            features.spatial[i], conv[0, ..., :7].ravel(), rtol=1e-4, atol=1e-4
+        )
+    alone = metrics.extract_features(images, extractor, batch_size=1, log=None)
+    np.testing.assert_allclose(alone.pool, features.pool, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone.spatial, features.spatial, rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_file_through_tf_io_gfile(tmp_path):
+    """Paths go through tf.io.gfile (gs:// works the same way): here TensorFlow's ram://."""
+    import tensorflow as tf
+
+    w = stand_in_weights(3)
+    path = "ram://inception_test/classify_image_graph_def.pb"
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(stand_in_graph_def(w).SerializeToString())
+    extractor = metrics.inception_graph(path)
+    image = _uint8_images([(32, 32, 3)], seed=4)
+    pool, _ = stand_in_features(image, w)
+    got = extractor(np.stack(image).astype(np.float32))
+    np.testing.assert_allclose(got["pool"], pool, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_graph_files_are_one_line_errors_naming_the_file(tmp_path):
+    import gzip
+
+    import tensorflow as tf
+
+    def error(path):
+        with pytest.raises(metrics.InputError) as info:
+            metrics.inception_graph(str(path))
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, message
+        assert metrics.INCEPTION_GRAPH_URL in message
+        return message
+
+    assert "no such file" in error(tmp_path / "missing.pb")
+    assert "a directory" in error(tmp_path)
+    text = tmp_path / "notes.pb"
+    text.write_bytes(b"not a graph at all")
+    assert "not a TensorFlow GraphDef" in error(text)
+    empty = tmp_path / "empty.pb"
+    empty.write_bytes(b"")
+    assert "not a TensorFlow GraphDef (no nodes)" in error(empty)
+    archive = tmp_path / "inception-2015-12-05.tgz"
+    archive.write_bytes(gzip.compress(b"a tar of the graph"))
+    assert "gzip archive" in error(archive)
+    other = tf.Graph()
+    with other.as_default():
+        tf.constant(1.0, name="pool_3")
+    wrong = tmp_path / "other.pb"
+    wrong.write_bytes(other.as_graph_def().SerializeToString())
+    message = error(wrong)
+    assert "no tensor ExpandDims:0, mixed_6/conv:0" in message

@@ -483,6 +483,160 @@ def test_the_xla_compiled_sampler():
 
 
 # ----------------------------------------------------------------------------------------------
+# Classifier-free guidance and the null label.
+
+
+def test_guided_logits_are_null_plus_g_times_cond_minus_null(photo_sequences):
+    """The cached, guided path (one 2b batch: the labels, then -1) against two independent full
+    forward passes, one with the labels and one with label -1: null + g * (cond - null) on every
+    element, the structural mask applied after (masked moves stay masked)."""
+    config, seqs = photo_sequences
+    config = dataclasses.replace(config, num_classes=3)
+    model = build(config, seed=5)
+    windows = [real_window(s, config.dct, start, 12, 4) for s in seqs for start in (12, 24)]
+    batch = stack_windows(windows)
+    batch["label"] = np.array([0, 1, 2, 1], np.int32)
+    cond = model_lib.forward(model, batch)
+    null = model_lib.forward(model, {**batch, "label": np.full(4, -1, np.int32)})
+    g = 2.5
+    guided, j0 = sampling.Sampler(model, config).cached_logits(batch, guidance=g)
+    real = batch["mask"][:, j0:] > 0
+    assert real.sum() > 40
+    for name in ("channel", "position", "value"):
+        c, n = (np.asarray(x[name], np.float64)[:, j0:] for x in (cond, null))
+        masked = c == layers.MASK_VALUE
+        np.testing.assert_array_equal(masked, n == layers.MASK_VALUE)  # the mask is label-free
+        want = np.where(masked, layers.MASK_VALUE, n + g * (c - n))
+        got = np.asarray(guided[name])
+        assert not np.allclose(want[real], c[real], atol=1e-3), name  # guidance changes them
+        np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-5)
+
+
+def test_guide_logits_keeps_the_halves_exactly_at_0_and_1():
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(size=(4, 7)) * 30, tf.float32)  # rows 0-1 cond, 2-3 null
+    np.testing.assert_array_equal(sampling.guide_logits(logits, 1.0), logits[:2])
+    np.testing.assert_array_equal(sampling.guide_logits(logits, 0.0), logits[2:])
+    c, n = logits[:2].numpy(), logits[2:].numpy()
+    np.testing.assert_allclose(sampling.guide_logits(logits, 3.0), n + 3 * (c - n), rtol=1e-6)
+    # A huge scale stays finite and above MASK_VALUE (an allowed move is never taken for a
+    # masked one).
+    huge = sampling.guide_logits(logits, 3e38).numpy()
+    assert np.isfinite(huge).all() and (huge > layers.MASK_VALUE).all()
+
+
+def test_null_label_trained_reads_the_run_config():
+    trained = lambda **train: sampling.null_label_trained({"train_config": train})
+    assert trained(label_dropout=0.1)
+    assert not trained(label_dropout=0.0)
+    assert not trained()  # an older run: no label dropout, no trained null label
+    assert not trained(label_dropout=None) and not trained(label_dropout=True)
+    assert not sampling.null_label_trained({})
+    assert sampling.run_label_names({"label_names": ["sky", "sea"]}) == ["sky", "sea"]
+    assert sampling.run_label_names({"label_names": None}) is None
+    assert sampling.run_label_names({}) is None
+    with pytest.raises(InputError, match="label_names"):
+        sampling.run_label_names({"label_names": "sky"})
+
+
+def test_labels_resolve_from_an_index_or_a_name():
+    names = ["sky", "sea", "sand"]
+    assert sampling.resolve_label(None, 3, names) == -1
+    assert sampling.resolve_label("2", 3, names) == 2
+    assert sampling.resolve_label("-1", 3, names) == -1
+    assert sampling.resolve_label("sea", 3, names) == 1
+    with pytest.raises(UsageError, match=r"^label='cow': .*its classes: 0..2: sky, sea, sand"):
+        sampling.resolve_label("cow", 3, names)
+    with pytest.raises(UsageError, match=r"^label='cow': this model records no class names"):
+        sampling.resolve_label("cow", 3, None)
+    with pytest.raises(UsageError, match=r"^label='cow': this model is unconditional"):
+        sampling.resolve_label("cow", None, None)
+
+
+def test_guidance_and_the_null_label_are_checked(color_photos):
+    """Refused before any sampling, each naming its argument: guidance on an unconditional
+    model, a negative or infinite scale, and, for a class-conditional model whose null label was
+    never trained, label -1 (the default of sampling and of upsampling) and any scale but 1."""
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match=r"^guidance=.*: must be finite and >= 0"):
+            sampling.SampleOptions(guidance=bad)
+    with pytest.raises(UsageError, match="^guidance=True: must be a number"):
+        sampling.SampleOptions(guidance=True)
+    options = sampling.SampleOptions(max_chunks=1, guidance=2.0)
+    unconditional = small_config()
+    sampler = sampling.Sampler(build(unconditional), unconditional)
+    state = sampler.initial_state(2, 20)
+    with pytest.raises(UsageError, match=r"^guidance=2.0: this model is unconditional"):
+        sampler.sample(state, options, seed=0)
+    with pytest.raises(UsageError, match=r"^guidance=2.0: this model is unconditional"):
+        sampling.sample_batches(sampler, 2, options=options, seed=0)
+    sampler.check_guidance(1.0)  # 1 is no guidance: any model
+
+    config = small_config(num_classes=3)
+    sampler = sampling.Sampler(
+        build(config), config, null_label_trained=False, label_names=["sky", "sea", "sand"]
+    )
+    untrained = r"^label=-1: this model was trained with train_config.label_dropout = 0"
+    with pytest.raises(UsageError, match=untrained + r".*pass a class \(0..2: sky, sea, sand\)"):
+        sampling.sample_batches(sampler, 2, options=sampling.SampleOptions(), seed=0)
+    with pytest.raises(UsageError, match=untrained):
+        sampler.sample(sampler.initial_state(2, 20), sampling.SampleOptions(), seed=0)
+    low = [color_photos["chelsea.png"][::40, ::40]]
+    with pytest.raises(UsageError, match=untrained):
+        sampling.sample_task(sampler, "upsample", num_samples=1, images=low)
+    with pytest.raises(UsageError, match=r"^guidance=2.0: guidance needs the null label"):
+        sampling.sample_batches(sampler, 2, labels=1, options=options, seed=0)
+    with pytest.raises(UsageError, match=r"^guidance=0.0: guidance needs the null label"):
+        sampling.sample_task(
+            sampler, num_samples=1, label=1, options=sampling.SampleOptions(guidance=0.0)
+        )
+    sampler.check_labels([0, 1, 2])
+    sampler.check_guidance(1.0)
+
+
+@pytest.mark.slow  # traces the plain and the guided chunk: about 20 s
+def test_guided_sampling_draws_what_its_two_ends_draw(color_photos):
+    """Guidance 1 draws exactly what plain conditional sampling draws (one pass), guidance 0
+    exactly what sampling with label -1 draws (the null half of the 2b batch), other scales
+    valid sequences of their own; upsampling takes a label and a scale."""
+    config = small_config(num_classes=3)
+    model = build(config, seed=1)
+    _bias_stop(model, config, -4.0)
+    sampler = sampling.Sampler(model, config)
+    labels = np.array([0, 1, 2, 1], np.int32)
+
+    def run(labels, guidance, seed=5):
+        state = sampler.initial_state(4, 3 * config.chunk_size, label=labels)
+        options = sampling.SampleOptions(max_chunks=3, top_p=0.95, guidance=guidance)
+        return sampler.sample(state, options, seed=seed)
+
+    keys = ("channels", "positions", "values", "length", "done")
+    plain, one = run(labels, 1), run(labels, 1.0)
+    for k in keys:
+        np.testing.assert_array_equal(one[k], plain[k], err_msg=k)
+    null, zero = run(np.full(4, -1, np.int32), 1.0), run(labels, 0.0)
+    for k in keys:
+        np.testing.assert_array_equal(zero[k], null[k], err_msg=k)
+    assert not np.array_equal(plain["values"], null["values"])  # the labels matter
+    strong = run(labels, 4.0)
+    _valid(strong, config)
+    assert not np.array_equal(strong["values"], plain["values"])
+
+    config = small_config(num_classes=3)
+    upsampler = sampling.Sampler(build(config, seed=3), config)
+    low = [color_photos["chelsea.png"][::40, ::40]]
+    samples = sampling.sample_task(
+        upsampler, "upsample", num_samples=2, images=low, label=2,
+        options=sampling.SampleOptions(max_chunks=2, guidance=3.0), seed=0,
+    )  # fmt: skip
+    context = sampling.upsampling_context(low[0], config.dct)[0]
+    assert samples.labels.tolist() == [2, 2]
+    for seq in samples.sequences:
+        np.testing.assert_array_equal(seq.values[: len(context)], context.values)
+        rep.check_sequence(seq.channels, seq.positions, seq.values, config.dct)
+
+
+# ----------------------------------------------------------------------------------------------
 # The command line (`python -m dct_gen.sample`), in-process.
 
 
@@ -539,6 +693,10 @@ def test_sample_command_line_on_a_trained_run(trained_run, tmp_path, capsys):
     assert "--model_dir" in line and "luma_first" in line
     assert sample.main(["--model_dir", model_dir, "--label", "2", "--out", out]) == 2
     assert "--label=2" in _error_line(capsys)
+    assert sample.main(["--model_dir", model_dir, "--label", "sky", "--out", out]) == 2
+    assert "--label='sky': this model is unconditional" in _error_line(capsys)
+    assert sample.main(["--model_dir", model_dir, "--guidance", "2", "--out", out]) == 2
+    assert "--guidance=2.0: this model is unconditional" in _error_line(capsys)
 
 
 def test_sample_command_line_bad_input_exits_1(tmp_path, capsys):
@@ -583,7 +741,10 @@ def test_sample_command_line_bad_input_exits_1(tmp_path, capsys):
         (["--saved_model", "sm", "--top_k", "3"], "--top_k"),
         (["upsample", "--model_dir", "run"], "IMAGE"),
         (["upsample", "a.png", "--model_dir", "run", "--temperature", "0.5"], "--temperature"),
-        (["colorize", "a.png", "--model_dir", "run", "--label", "1"], "--label"),
+        (["colorize", "a.png", "--model_dir", "run", "--top_k", "1"], "--top_k"),
+        (["--model_dir", "run", "--guidance", "-1"], "--guidance=-1.0: must be finite and >= 0"),
+        (["--model_dir", "run", "--guidance", "inf"], "--guidance=inf: must be finite and >= 0"),
+        (["upsample", "a.png", "--saved_model", "sm", "--guidance=nan"], "--guidance=nan"),
         (["a.png", "--model_dir", "run"], "a.png"),  # images need a task word
     ],
 )
@@ -598,3 +759,69 @@ def test_sample_command_line_help(capsys):
     assert "python -m dct_gen.sample upsample IMAGE..." in out
     for flag in ("--model_dir", "--saved_model", "--num_samples", "--top_k", "--max_chunks"):
         assert flag in out
+
+
+def _conditional_run(directory, test_configs, label_dropout) -> str:
+    """A run directory of an untrained three-class model of the test config: config.json (with
+    label_names and train_config.label_dropout) and one checkpoint, as training writes them."""
+    from dct_gen import run_dir
+
+    configs = test_configs("model_config.num_classes = 3")
+    model = model_lib.build_model(configs["model_config"])
+    os.makedirs(directory)
+    run_dir.save_run_config(directory, configs["model_config"], configs["train_config"])
+    path = os.path.join(directory, run_dir.RUN_CONFIG_FILE)
+    raw = json.load(open(path))
+    raw["train_config"]["label_dropout"] = label_dropout
+    raw["label_names"] = ["sky", "sea", "sand"]
+    run_dir.write_json(path, raw)
+    # save(), not write(): the restore expects the save counter a training checkpoint has.
+    run_dir.model_checkpoint(model).save(os.path.join(directory, "checkpoints", "ckpt"))
+    return str(directory)
+
+
+def test_sample_command_line_labels_of_a_class_conditional_run(tmp_path, test_configs, capsys):
+    """--label takes an index or a class name from config.json; a run whose null label was never
+    trained needs one, and says so when --label is left out; an unknown name lists the names."""
+    untrained = _conditional_run(tmp_path / "untrained", test_configs, 0.0)
+    out = str(tmp_path / "out")
+    argv = ["--model_dir", untrained, "--out", out, "--quiet"]
+    assert sample.main(argv) == 2
+    line = _error_line(capsys)
+    assert "--label is not given (no class): this class-conditional model was trained" in line
+    assert "pass a class with --label (0..2: sky, sea, sand)" in line
+    assert sample.main(argv + ["--label", "cow"]) == 2
+    assert "--label='cow': not a class name of this model; its classes: 0..2: sky" in (
+        _error_line(capsys)
+    )
+    assert not os.path.exists(out)
+
+
+@pytest.mark.slow  # samples a class-conditional run with guidance: about 20 s
+def test_sample_command_line_guides_a_named_class(tmp_path, test_configs, capsys):
+    """What an untrained null label refuses; a class by name, guided, and sample.json's record
+    of it; a trained null label sampled by default."""
+    untrained = _conditional_run(tmp_path / "untrained", test_configs, 0.0)
+    argv = ["--model_dir", untrained, "--out", str(tmp_path / "no"), "--quiet"]
+    assert sample.main(argv + ["--label=-1"]) == 2
+    assert "--label=-1: this class-conditional model" in _error_line(capsys)
+    assert sample.main(argv + ["--label", "sea", "--guidance", "2"]) == 2
+    assert "--guidance=2.0: guidance needs the null label" in _error_line(capsys)
+    assert sample.main(argv + ["--label", "3"]) == 2
+    assert "--label=3: out of range [-1, 3)" in _error_line(capsys)
+    assert not os.path.exists(tmp_path / "no")
+
+    trained = _conditional_run(tmp_path / "trained", test_configs, 0.1)
+    out = str(tmp_path / "out")
+    argv = ["--model_dir", trained, "--out", out, "--quiet", "--num_samples", "2"]
+    argv += ["--max_chunks", "1", "--label", "sand", "--guidance", "2.5"]
+    assert sample.main(argv) == 0
+    summary = json.load(open(os.path.join(out, "sample.json")))
+    assert summary["guidance"] == 2.5
+    assert [(s["label"], s["label_name"]) for s in summary["samples"]] == [(2, "sand")] * 2
+    caption = summary["samples"][0]["caption"]
+    assert caption[0] == "label 2: sand" and "guidance 2.5" in " ".join(caption)
+    # Without --label a trained null label is sampled; guidance 1 is not recorded.
+    assert sample.main(argv[:-4] + ["--out", str(tmp_path / "plain")]) == 0
+    summary = json.load(open(tmp_path / "plain" / "sample.json"))
+    assert summary["guidance"] is None and summary["samples"][0]["label"] == -1

@@ -587,6 +587,36 @@ def test_a_labelled_dataset_trains_a_conditional_model_named_by_its_classes(cond
     text = tensor_util.make_ndarray(caption.tensor_proto).item().decode()
     for label, name in enumerate(LABELLED_PHOTOS):  # samples cycle through the classes
         assert f"label {label}: {name}" in text, text
+    assert text.count("guidance 2") == 3  # the fixture's --sample_guidance
+
+
+@pytest.mark.parametrize(
+    "labelled, bindings, flag, message",
+    [
+        (False, [], "--sample_guidance=2", "--sample_guidance=2.0: this model is unconditional"),
+        (
+            True,
+            ["train_config.label_dropout = 0"],
+            "--sample_guidance=2",
+            "--sample_guidance=2.0: guidance needs the null label",
+        ),
+        (True, [], "--sample_guidance=-1", "--sample_guidance=-1.0: must be finite and >= 0"),
+    ],
+)
+def test_a_sample_guidance_the_model_cannot_take_is_a_flag_error(
+    cli, labelled_data_dir, test_data_dir, tmp_path, labelled, bindings, flag, message
+):
+    model_dir = tmp_path / "run"
+    status, _, err = cli(
+        f"--gin_file={GIN}",
+        *[f"--gin_param={b}" for b in bindings],
+        f"--data_dir={labelled_data_dir if labelled else test_data_dir}",
+        f"--model_dir={model_dir}",
+        flag,
+    )
+    line = _error(err)
+    assert status == 2 and line.startswith(f"dct_gen.train: error: {message}"), line
+    assert not os.path.exists(model_dir)
 
 
 def test_an_unlabelled_dataset_trains_an_unconditional_model(trained_run):
