@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/libjpeg_agreement.py
 	$(PY) bench/structural_mask.py
 	$(PY) bench/sample.py
+	$(PY) bench/guidance.py
 	$(PY) bench/quality.py
 
 clean:
