@@ -98,11 +98,9 @@ def train(data_dir: str, model_dir: str, steps: int) -> None:
 
     cli.parse_gin([GIN_FILE], [])
     try:
-        info = records.read_info(data_dir)
-        classes = configs.DatasetClasses.from_info(info, "train", f"{data_dir}/info.json")
-        model_config = configs.model_config(dct=records.representation_from_info(info),
-                                            classes=classes)  # fmt: skip
-        train_config = configs.train_config()
+        model_config, train_config = configs.configs_for_dataset(
+            records.read_info(data_dir), "train", f"{data_dir}/info.json"
+        )
     finally:
         gin.clear_config()
     training.train(

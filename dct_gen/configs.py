@@ -234,6 +234,31 @@ def model_config(dct: DCTConfig | None = None, classes: DatasetClasses | None = 
         raise InputError(f"model_config.{e}") from e
 
 
+def configs_for_dataset(info: Mapping[str, Any], split: str, where: str = "info.json"):
+    """The model and train configs that the parsed gin configuration binds, for a dataset: its
+    representation (gin's dct_config bindings must agree with it, `dct_config_for_data`) and
+    the classes of the split the model trains on (`DatasetClasses`: model_config.num_classes
+    unset takes them).
+
+    Args:
+      info: the dataset's info.json, as read (`dct_gen.records.read_info`).
+      split: the split the model trains on.
+      where: the info.json path, for messages.
+
+    Returns:
+      (a `dct_gen.model.ModelConfig`, a `TrainConfig`).
+
+    Raises:
+      InputError: a binding that contradicts the dataset, or a bad setting (the message names
+        the binding).
+    """
+    from dct_gen import records
+
+    dct = dct_config_for_data(records.representation_from_info(info), where)
+    classes = DatasetClasses.from_info(info, split, where)
+    return model_config(dct=dct, classes=classes), train_config()
+
+
 TARGET_PARTS = ("all", "chroma")
 # train_config.label_dropout of a class-conditional model when gin leaves it unset.
 DEFAULT_LABEL_DROPOUT = 0.1

@@ -496,9 +496,13 @@ def make_dataset(
     base_seed = tf.constant(base_seed, tf.int64)
     weight_args = (float(exponent), float(p_min))
 
-    def seeds(index):
+    # The draws of one sequence, each from its own seed: the filter's, the chunk's, and the
+    # label dropout's.
+    KEEP, CHUNK, DROP = 0, 1, 2
+
+    def draw_seed(index, draw):
         key = tf.random.experimental.stateless_fold_in(base_seed, index)
-        return [tf.random.experimental.stateless_fold_in(key, i) for i in (0, 1, 2)]
+        return tf.random.experimental.stateless_fold_in(key, draw)
 
     def keep(index, record):
         """The length-bias filter, decided before any per-example work is spent; its length is
@@ -507,7 +511,7 @@ def make_dataset(
         length = tf.size(seq["channels"]) - _target_base(seq, cfg, target_part)
         keep_p = tf.minimum(tf.cast(length, tf.float32) / float(l_max), 1.0)
         # The int64 stream index seeds the chunk draw too (sequence_index is int32 and wraps).
-        return tf.random.stateless_uniform([], seeds(index)[0]) < keep_p, (seq, index)
+        return tf.random.stateless_uniform([], draw_seed(index, KEEP)) < keep_p, (seq, index)
 
     def sample(seq, index):
         """The chunk sampler, then the window and the input DCT image."""
@@ -517,12 +521,12 @@ def make_dataset(
         k = tf.cast(tf.range(num_chunks), tf.float32)
         logits = tf.math.log(tf.maximum(tf.pow(k + 1.0, -weight_args[0]), weight_args[1]))
         # num_chunks >= 1 (the stop token is always a target), so logits are never all -inf.
-        chunk_seed = seeds(index)[1]
+        chunk_seed = draw_seed(index, CHUNK)
         chunk = tf.random.stateless_categorical(logits[None], 1, chunk_seed, dtype=tf.int32)[0, 0]
         start = base + chunk * chunk_size
         example = chunk_example(seq, start, chunk, num_chunks, cfg, chunk_size, overlap)
         if label_dropout:  # the null label, so that its embedding is trained
-            drop = tf.random.stateless_uniform([], seeds(index)[2]) < label_dropout
+            drop = tf.random.stateless_uniform([], draw_seed(index, DROP)) < label_dropout
             example["label"] = tf.where(drop, -1, example["label"])
         return _static(example, cfg, window)
 

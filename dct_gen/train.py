@@ -216,15 +216,11 @@ def _main(args: list[str]) -> int:
 
     cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     info_path = records.join(FLAGS.data_dir, records.INFO_FILENAME)
-    # The dataset states the representation; gin's dct_config bindings, if any, must agree.
-    dct = configs.dct_config_for_data(training.read_representation(FLAGS.data_dir), info_path)
-    # model_config.num_classes unset takes the dataset's classes; a number must agree with it.
-    classes = configs.DatasetClasses.from_info(
-        records.read_info(FLAGS.data_dir), FLAGS.train_split, info_path
-    )
+    # The dataset states the representation (gin's dct_config bindings, if any, must agree) and
+    # the classes (model_config.num_classes unset takes them; a number must agree).
+    info = training.read_dataset_info(FLAGS.data_dir)
     with _binding_errors():
-        model_config = configs.model_config(dct=dct, classes=classes)
-        train_config = configs.train_config()
+        model_config, train_config = configs.configs_for_dataset(info, FLAGS.train_split, info_path)
     _check_sample_guidance(model_config, train_config)
     try:
         result = training.train(

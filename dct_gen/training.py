@@ -79,8 +79,8 @@ class NonFiniteLossError(InputError, FloatingPointError):
 # The dataset.
 
 
-def read_representation(data_dir: str):
-    """The representation (a DCTConfig) of a dataset, from its info.json.
+def read_dataset_info(data_dir: str) -> dict:
+    """A dataset's info.json, read once, checked to state a representation.
 
     Raises:
       InputError: info.json is missing or not a dataset description (the message names it).
@@ -89,7 +89,9 @@ def read_representation(data_dir: str):
 
     path = records.join(data_dir, records.INFO_FILENAME)
     try:
-        return records.representation_from_info(records.read_info(data_dir))
+        info = records.read_info(data_dir)
+        records.representation_from_info(info)
+        return info
     except FileNotFoundError as e:
         raise InputError(
             f"{path} does not exist: {data_dir} is not a dataset directory of "
@@ -98,6 +100,17 @@ def read_representation(data_dir: str):
     except ValueError as e:  # a bad format version, a missing field, not JSON
         message = str(e)
         raise InputError(message if path in message else f"{path}: {message}") from e
+
+
+def read_representation(data_dir: str):
+    """The representation (a DCTConfig) of a dataset, from its info.json.
+
+    Raises:
+      InputError: info.json is missing or not a dataset description (the message names it).
+    """
+    from dct_gen import records
+
+    return records.representation_from_info(read_dataset_info(data_dir))
 
 
 def check_split(data_dir: str, split: str) -> list[str]:
@@ -1112,15 +1125,14 @@ def train(
     from dct_gen import model as model_lib
 
     info_path = records.join(data_dir, records.INFO_FILENAME)
-    from_info = read_representation(data_dir)
+    info = read_dataset_info(data_dir)
+    from_info = records.representation_from_info(info)
     # The model's classes against the dataset's (a count that differs, a conditional model on
     # unlabelled data), and the label dropout that goes with them.
-    classes = configs.DatasetClasses.from_info(records.read_info(data_dir), train_split, info_path)
+    classes = configs.DatasetClasses.from_info(info, train_split, info_path)
     configs.check_num_classes(model_config.num_classes, classes)
     if model_config.num_classes and eval_split is not None:
-        held_out = configs.DatasetClasses.from_info(
-            records.read_info(data_dir), eval_split, info_path
-        )
+        held_out = configs.DatasetClasses.from_info(info, eval_split, info_path)
         if held_out.label_names != classes.label_names:
             raise InputError(
                 f"{info_path}: split {eval_split!r} has label_names "

@@ -202,12 +202,9 @@ def conditional_run(labelled_data_dir, tmp_path_factory) -> TrainedRun:
     model_dir = str(tmp_path_factory.mktemp("conditional_run"))
     cli.parse_gin([TEST_GIN], [])
     try:
-        info = records.join(labelled_data_dir, records.INFO_FILENAME)
-        classes = configs.DatasetClasses.from_info(
-            records.read_info(labelled_data_dir), "train", info
+        model_config, train_config = configs.configs_for_dataset(
+            records.read_info(labelled_data_dir), "train"
         )
-        model_config = configs.model_config(classes=classes)
-        train_config = configs.train_config()
     finally:
         gin.clear_config()
     lines = []
